@@ -1,0 +1,1 @@
+//! husk's virtual machine monitor (placeholder, being written).
