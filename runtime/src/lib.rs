@@ -3,4 +3,5 @@
 //! The VMM is a library first: [`vmm`] boots a microVM from a kernel and an initramfs;
 //! the `husk` binary is a thin CLI over it.
 
+pub mod initramfs;
 pub mod vmm;
