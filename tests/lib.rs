@@ -1,1 +1,156 @@
-//! Helpers shared by the VM-level tests.
+//! Helpers shared by the VM-level tests: where the built husk is, and running it with a
+//! deadline so that no test can hang.
+//!
+//! The tests drive `target/release/husk` (what `make` builds), the same binary a user
+//! runs. They run natively on a host whose KVM boots a stock guest, and inside the
+//! emulated test bed (`tests/testbed/run`) otherwise; paths are absolute and fixed at
+//! compile time so both work unchanged.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The checkout's root, fixed at build time (the test bed shows it at the same path).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// The `husk` binary `make` built, with its kernel and initramfs beside it.
+pub fn husk_bin() -> PathBuf {
+    let bin = repo_root().join("target/release/husk");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `make` first",
+        bin.display()
+    );
+    bin
+}
+
+/// What a finished husk run left: status, output, how long it took.
+#[derive(Debug)]
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+    /// A token unique to this run, on husk's command line, to look for leftovers.
+    pub token: String,
+}
+
+impl Run {
+    /// Fails the test, showing everything, unless husk exited 0.
+    pub fn assert_success(&self) -> &Self {
+        assert!(self.status.success(), "husk failed: {self:#?}");
+        self
+    }
+
+    /// Fails the test unless husk failed with exactly one line on stderr, `husk: ...`,
+    /// that contains `needle` (case-insensitive). Returns that line.
+    pub fn assert_one_line_error(&self, needle: &str) -> String {
+        assert!(!self.status.success(), "husk should have failed: {self:#?}");
+        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(lines.len(), 1, "want one error line: {self:#?}");
+        let line = lines[0].to_string();
+        assert!(line.starts_with("husk: "), "error line not `husk: ...`: {line}");
+        assert!(
+            line.to_lowercase().contains(&needle.to_lowercase()),
+            "error line does not name {needle:?}: {line}"
+        );
+        line
+    }
+}
+
+/// Runs husk with `args`, killing it (and failing the test) after `deadline`.
+pub fn husk(args: &[&str], deadline: Duration) -> Run {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let token = format!(
+        "husk-test-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    );
+    let start = Instant::now();
+    let mut child = Command::new(husk_bin())
+        .args(args)
+        // The token rides along in the environment; leftover checks look for it.
+        .env("HUSK_TEST_TOKEN", &token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn husk");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for husk") {
+            break status;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("husk {args:?} hung: killed after {deadline:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let elapsed = start.elapsed();
+    let run = Run {
+        status,
+        stdout: out_reader.join().unwrap(),
+        stderr: err_reader.join().unwrap(),
+        elapsed,
+        token,
+    };
+    assert_no_leftover_process(&run.token);
+    run
+}
+
+/// No process may outlive the husk run it belongs to (a VMM thread turned process, a
+/// helper, anything that inherited the run's environment).
+pub fn assert_no_leftover_process(token: &str) {
+    let needle = format!("HUSK_TEST_TOKEN={token}");
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let has_token = env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes());
+        assert!(!has_token, "process {pid} outlived husk run {token}");
+    }
+}
+
+/// Parses husk's `key=value ...` breakdown line into numbers.
+pub fn breakdown(line: &str) -> std::collections::BTreeMap<String, f64> {
+    line.split_whitespace()
+        .filter_map(|kv| kv.split_once('='))
+        .filter_map(|(k, v)| v.parse::<f64>().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// True when this host's KVM is PVM, which runs only PVM-built guests.
+pub fn host_kvm_is_pvm() -> bool {
+    if std::path::Path::new("/sys/module/kvm_pvm").exists() {
+        return true;
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    !cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "svm" || f == "vmx"))
+}

@@ -1,0 +1,55 @@
+# husk: `make` builds everything (guest kernel, initramfs, release binaries), installing
+# what it needs through apt on a fresh Debian 12; `make test` runs the whole suite (what
+# CI runs); `make install PREFIX=...` installs it.
+
+CARGO    ?= cargo
+PREFIX   ?= /usr/local
+OUT      := target/release
+# The agent is PID 1 of the guest: a static binary, small (its size is boot time).
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT    := target/$(AGENT_TARGET)/agent/husk-agent
+
+.PHONY: all deps husk agent kernel initramfs test lint unit-test kernel-check vm-test install clean
+
+all: husk kernel initramfs
+
+deps:
+	@scripts/install-deps.sh
+
+husk: deps
+	@echo "husk: building the runtime (release)" >&2
+	$(CARGO) build --release -p husk
+
+agent:
+	@echo "husk: building the guest agent (static)" >&2
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+	  $(CARGO) build --profile agent --target $(AGENT_TARGET) -p husk-agent
+
+kernel: deps
+	kernel-config/build.sh $(OUT)
+
+initramfs: husk agent
+	$(OUT)/husk-mkinitramfs $(AGENT) $(OUT)/initramfs.cpio
+
+test: all lint unit-test kernel-check vm-test
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit-test:
+	$(CARGO) test --workspace --lib --bins
+
+kernel-check: kernel
+	kernel-config/check-config.sh kernel-config/husk.config $(OUT)/vmlinux.config
+
+vm-test: all
+	tests/run-vm-tests.sh
+
+install: all
+	install -D -m 0755 $(OUT)/husk $(DESTDIR)$(PREFIX)/bin/husk
+	install -D -m 0644 $(OUT)/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
+	install -D -m 0644 $(OUT)/initramfs.cpio $(DESTDIR)$(PREFIX)/share/husk/initramfs.cpio
+
+clean:
+	$(CARGO) clean
