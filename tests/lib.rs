@@ -38,6 +38,8 @@ pub struct Run {
     pub stdout: String,
     pub stderr: String,
     pub elapsed: Duration,
+    /// Peak resident set size of the husk process, KiB (the kernel's rusage for it).
+    pub max_rss_kib: u64,
     /// A token unique to this run, on husk's command line, to look for leftovers.
     pub token: String,
 }
@@ -95,9 +97,9 @@ pub fn husk(args: &[&str], deadline: Duration) -> Run {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for husk") {
-            break status;
+    let (status, max_rss_kib) = loop {
+        if let Some(done) = wait_with_rusage(child.id()) {
+            break done;
         }
         if start.elapsed() > deadline {
             let _ = child.kill();
@@ -112,10 +114,23 @@ pub fn husk(args: &[&str], deadline: Duration) -> Run {
         stdout: out_reader.join().unwrap(),
         stderr: err_reader.join().unwrap(),
         elapsed,
+        max_rss_kib,
         token,
     };
     assert_no_leftover_process(&run.token);
     run
+}
+
+/// Reaps `pid` if it has exited, with its own peak RSS (wait4's rusage is the child's,
+/// not the sum over every child this test process ever had).
+fn wait_with_rusage(pid: u32) -> Option<(ExitStatus, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: plain syscall; `status` and `usage` are valid for writes.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as i32, &mut status, libc::WNOHANG, &mut usage) };
+    assert!(r >= 0, "wait4: {}", std::io::Error::last_os_error());
+    (r != 0).then(|| (ExitStatus::from_raw(status), usage.ru_maxrss as u64))
 }
 
 /// No process may outlive the husk run it belongs to (a VMM thread turned process, a

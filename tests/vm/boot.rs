@@ -11,7 +11,8 @@ const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 /// Argument errors are found before any VM exists.
 const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 
-fn boot_ok(vcpus: &str, memory: &str) {
+/// Boots, checks the breakdown line, returns the VMM's peak RSS in KiB.
+fn boot_ok(vcpus: &str, memory: &str) -> u64 {
     let run = husk(
         &["vm", "boot", "--vcpus", vcpus, "--memory", memory],
         BOOT_DEADLINE,
@@ -27,12 +28,23 @@ fn boot_ok(vcpus: &str, memory: &str) {
     // The parts fit inside the whole, and the agent really reported its own clock.
     assert!(b["vmm_setup_ms"] < b["total_ms"], "{}", lines[0]);
     assert!(b["guest_ready_ms"] < b["total_ms"], "{}", lines[0]);
-    println!("{vcpus} vCPU / {memory} MiB: {}", lines[0]);
+    println!(
+        "{vcpus} vCPU / {memory} MiB: {} peak_rss_kib={}",
+        lines[0], run.max_rss_kib
+    );
+    run.max_rss_kib
 }
+
+/// The VMM's whole footprint to agent-ready, guest memory it touched included.
+const MAX_RSS_KIB_1_VCPU_128_MIB: u64 = 40 * 1024;
 
 #[test]
 fn boots_1_vcpu_128_mib() {
-    boot_ok("1", "128");
+    let rss = boot_ok("1", "128");
+    assert!(
+        rss < MAX_RSS_KIB_1_VCPU_128_MIB,
+        "peak RSS {rss} KiB, limit {MAX_RSS_KIB_1_VCPU_128_MIB} KiB"
+    );
 }
 
 #[test]

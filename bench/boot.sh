@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Boot benchmark: husk vs qemu microvm, same vmlinux, same initramfs, same agent-ready
+# line, interleaved. Runs natively where this host's KVM boots a stock guest, inside the
+# test bed otherwise, and writes its table into docs/benchmarks.md.
+#   bench/boot.sh [RUNS]          (default 10)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. bench/lib.sh
+
+runs=${1:-10}
+out=target/release
+for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio"; do
+  [ -e "$f" ] || { echo "bench/boot.sh: $f is missing: run make first" >&2; exit 1; }
+done
+
+if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
+  # Host side: pick where to run, then write the report from the raw results.
+  results=$(mktemp -d /tmp/husk-bench.XXXXXX)
+  trap 'rm -rf "$results"' EXIT
+  if where=$(tests/testbed/native-kvm); then
+    where="natively ($where)"
+    HUSK_BENCH_INNER=1 RESULTS=$results bench/boot.sh "$runs"
+  else
+    where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
+    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" bench/boot.sh "$runs"
+  fi
+  col() { awk -v c="$2" '{print $c}' "$results/$1" | median; }
+  h_ready=$(col husk 1); q_ready=$(col qemu 1)
+  h_exit=$(col husk 2); q_exit=$(col qemu 2)
+  h_rss=$(col husk 3); q_rss=$(col qemu 3)
+  h_exits=$(col husk 5); q_exits=$(col qemu 5)
+  h_own_exits=$(awk '{print $6}' "$results/husk" | median)
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
+  table=$(mktemp)
+  {
+    echo "## Boot to the agent's ready line (bench/boot.sh)"
+    echo
+    echo "$(date -u +%Y-%m-%d), $runs runs each, interleaved, 1 vCPU / 128 MiB, ran $where."
+    echo "Same vmlinux and initramfs for both; husk's own breakdown medians:"
+    echo "$(awk '{print $7}' "$results/husk" | median) ms VMM setup, $(awk '{print $8}' "$results/husk" | median) ms guest to agent ready."
+    echo
+    echo "| | husk | qemu microvm | husk / qemu |"
+    echo "|---|---|---|---|"
+    echo "| wall ms, launch to agent ready (median) | $h_ready | $q_ready | $(ratio "$h_ready" "$q_ready") |"
+    echo "| wall ms, launch to exit (median) | $h_exit | $q_exit | $(ratio "$h_exit" "$q_exit") |"
+    echo "| VM exits, whole run (KVM debugfs) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
+    echo "| VM exits to agent ready (husk's own count) | $h_own_exits | | |"
+    echo "| peak RSS KiB (time -v) | $h_rss | $q_rss | $(ratio "$h_rss" "$q_rss") |"
+  } >"$table"
+  cat "$table"
+  replace_section docs/benchmarks.md boot "$table"
+  rm -f "$table"
+  exit 0
+fi
+
+# Inside: the measurements. The kernel command line is husk's default for both, except
+# how the guest ends: qemu microvm has no i8042, so its guest triple-faults out.
+for i in $(seq "$runs"); do
+  bd=$(mktemp)
+  r=$(TTM_LOG=$bd time_to_marker HUSK-AGENT-READY "$out/husk" vm boot --console /dev/stdout)
+  own=$(grep vm_exits= "$bd" | tr ' ' '\n' | awk -F= '$1=="vm_exits"{e=$2} $1=="vmm_setup_ms"{s=$2} $1=="guest_ready_ms"{g=$2} END {print e+0, s+0, g+0}')
+  rm -f "$bd"
+  echo "$r $own" >>"$RESULTS/husk"
+  r=$(time_to_marker HUSK-AGENT-READY qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off \
+      -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio \
+      -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio" \
+      -append "${QEMU_CMDLINE:-console=ttyS0 reboot=t panic=-1 quiet}")
+  echo "$r" >>"$RESULTS/qemu"
+  echo "run $i: husk $(tail -n1 "$RESULTS/husk") | qemu $(tail -n1 "$RESULTS/qemu")" >&2
+done

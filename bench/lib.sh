@@ -1,0 +1,54 @@
+# Shared by bench/*.sh: medians, timing a command to a marker line, RSS, VM exits.
+# shellcheck shell=bash
+
+# median: reads numbers (one per line) on stdin, prints their median.
+median() {
+  sort -g | awk '{ v[NR] = $1 } END {
+    if (NR == 0) { print "nan"; exit }
+    if (NR % 2) print v[(NR + 1) / 2]; else printf "%.1f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+now_ns() { date +%s%N; }
+
+# KVM's global exit counter (all VMs on this host, handled in the kernel or not); the
+# bench runs one VM at a time, so a difference is that VM's exits.
+kvm_exits() {
+  if [ ! -e /sys/kernel/debug/kvm/exits ]; then
+    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
+  fi
+  cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0
+}
+
+# time_to_marker MARKER CMD...: runs CMD under /usr/bin/time -v with its stdout read line
+# by line (kept in $TTM_LOG if set); prints "<ms to marker> <ms to exit> <peak RSS KiB> <exit status> <vm exits>".
+time_to_marker() {
+  local marker=$1; shift
+  local tv; tv=$(mktemp)
+  local e0 t0 t_mark="" t_end status line
+  e0=$(kvm_exits)
+  t0=$(now_ns)
+  while IFS= read -r line; do
+    if [ -z "$t_mark" ] && [[ $line == *"$marker"* ]]; then t_mark=$(now_ns); fi
+    if [ -n "${TTM_LOG:-}" ]; then printf '%s\n' "$line" >>"$TTM_LOG"; fi
+  done < <(/usr/bin/time -v -o "$tv" "$@" 2>/dev/null; echo "__status $?")
+  t_end=$(now_ns)
+  status=$(grep -o 'Exit status: [0-9]*' "$tv" | awk '{print $3}')
+  local rss; rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tv")
+  rm -f "$tv"
+  [ -n "$t_mark" ] || t_mark=$t_end
+  echo "$(( (t_mark - t0) / 1000000 )) $(( (t_end - t0) / 1000000 )) ${rss:-0} ${status:-1} $(( $(kvm_exits) - e0 ))"
+}
+
+# replace_section FILE NAME CONTENT_FILE: puts CONTENT_FILE between the markers
+# <!-- NAME:begin --> and <!-- NAME:end --> in FILE (appending them if absent).
+replace_section() {
+  local file=$1 name=$2 content=$3
+  [ -f "$file" ] || printf '# husk benchmarks\n\nEvery startup path, measured against the alternatives in the same run. Medians.\n' >"$file"
+  if ! grep -q "<!-- $name:begin -->" "$file"; then
+    printf '\n<!-- %s:begin -->\n<!-- %s:end -->\n' "$name" "$name" >>"$file"
+  fi
+  awk -v name="$name" -v content="$content" '
+    $0 == "<!-- " name ":begin -->" { print; while ((getline l < content) > 0) print l; skip = 1; next }
+    $0 == "<!-- " name ":end -->" { skip = 0 }
+    !skip { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
+}
