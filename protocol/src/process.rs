@@ -1,0 +1,1005 @@
+//! The agent's process core (feature `agent`, Linux only): spawn a process from an OCI
+//! `Process`, relay its stdio to and from the host's streams, deliver signals, resize its
+//! tty, and reap — as PID 1 — every child, routing each exit status to whoever waits for it.
+//!
+//! # The reaper, and why spawning goes through it
+//!
+//! PID 1 inherits every orphan of the guest, so it must `waitpid(-1)` and reap whatever
+//! exits, or zombies pile up. But a blanket `waitpid(-1)` also reaps the agent's own
+//! children, so *every* child of the process must be spawned through [`Reaper`] (and nobody
+//! else may call `wait*`; `std::process::Command::wait`/`output` are off limits once the
+//! reaper runs). The reaper thread:
+//! 1. blocks in `waitid(P_ALL, WEXITED | WNOWAIT)` — "some child is a zombie", reaping
+//!    nothing and holding no lock;
+//! 2. takes the reaper lock and reaps with `waitpid(-1, WNOHANG)` until none is left,
+//!    handing each status to the pid's [`ExitWatch`], or counting it as an orphan.
+//!
+//! Spawning forks, execs and registers the pid *while holding the same lock*, so a child
+//! that exits at once is never reaped before it is registered (its status would otherwise
+//! be lost as an "orphan"), and a child whose exec failed is reaped by the spawner itself.
+//! `signal` checks "not yet reaped" under the lock too, so a signal never reaches a
+//! recycled pid. With no children at all, the reaper sleeps until the next spawn (only
+//! descendants of our children can become our orphans, and they are re-parented before
+//! their parent is reaped).
+//!
+//! The reaper does not need to be PID 1: tests make the test process a child subreaper
+//! (`prctl(PR_SET_CHILD_SUBREAPER)`) to see orphans.
+//!
+//! # Spawning
+//!
+//! A hand-written fork/exec rather than `std::process::Command`: `Command` reaps a child
+//! whose exec failed with its own `waitpid(pid)`, which races the reaper (and `std` panics
+//! when it loses), and it reports every failure as a bare errno, whereas the host must tell
+//! "executable file not found in $PATH" (127) from "permission denied" (126) from a bad
+//! cwd. Everything the child needs (argv, envp, the `$PATH` candidates in order) is built
+//! before `fork`; the child only makes async-signal-safe libc calls, reports a failed step
+//! as (step, errno) on a close-on-exec pipe and `_exit`s. `$PATH` is searched using the
+//! process's own `PATH` (from its OCI env), like runc does, with execvp's rules (a
+//! permission error is remembered while the search goes on).
+//!
+//! What this does not do (the container builder's job, next): namespaces, mounts,
+//! pivot_root, cgroups, capabilities, rlimits, no_new_privileges, seccomp, AppArmor/SELinux.
+//!
+//! # Stdio
+//!
+//! Non-tty: one pipe per stream between the process and a relay thread; streams not given
+//! are `/dev/null`. stdout and stderr are relayed apart, each until EOF on its pipe (so
+//! every byte written before exit arrives), then the host stream's write side is shut
+//! down: that is the host's EOF. If the host stops reading, the relay keeps draining and
+//! discards, so the process never blocks on a full pipe. The host's EOF on stdin (or
+//! [`Child::close_stdin`], which shuts down the stream's read side) closes the pipe: the
+//! process reads EOF.
+//!
+//! Tty: `openpty` with the requested size, the slave as the controlling terminal of a new
+//! session and as fds 0-2; the master relayed both ways over the one stream. Closing stdin
+//! on a tty stops the input relay and, in canonical mode, types the VEOF character (^D).
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use oci_spec::runtime::Process;
+
+use crate::messages::{AgentError, ErrorKind, ExitStatus};
+
+/// `$PATH` when the process's env has none (runc's and the OCI default).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// Terminal size when the process asks for a tty without `consoleSize`.
+pub const DEFAULT_TTY_SIZE: (u16, u16) = (24, 80);
+
+// ---------------------------------------------------------------------------------------
+// Exit statuses
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct ExitCell {
+    status: Mutex<Option<ExitStatus>>,
+    cv: Condvar,
+}
+
+/// Where one process's exit status arrives. Cheap to clone; any number of waiters.
+#[derive(Clone, Default)]
+pub struct ExitWatch(Arc<ExitCell>);
+
+impl ExitWatch {
+    /// Blocks until the process has exited and been reaped.
+    pub fn wait(&self) -> ExitStatus {
+        let mut g = lock(&self.0.status);
+        loop {
+            if let Some(s) = *g {
+                return s;
+            }
+            g = self.0.cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout`.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        let mut g = lock(&self.0.status);
+        loop {
+            if let Some(s) = *g {
+                return Some(s);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            g = self
+                .0
+                .cv
+                .wait_timeout(g, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The status if the process has already been reaped.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        *lock(&self.0.status)
+    }
+
+    fn set(&self, status: ExitStatus) {
+        *lock(&self.0.status) = Some(status);
+        self.0.cv.notify_all();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reaper
+// ---------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct ReaperState {
+    /// Pids we spawned and have not reaped yet.
+    waiting: HashMap<i32, ExitWatch>,
+    /// Bumped by every spawn: wakes a reaper that found no children.
+    generation: u64,
+    orphans_reaped: u64,
+}
+
+struct ReaperInner {
+    state: Mutex<ReaperState>,
+    spawned: Condvar,
+}
+
+/// The process-wide reaper: owns every child of this process. See the module docs.
+#[derive(Clone)]
+pub struct Reaper {
+    inner: Arc<ReaperInner>,
+}
+
+static REAPER_STARTED: AtomicBool = AtomicBool::new(false);
+
+impl Reaper {
+    /// Starts the reaper thread. Only one per process: a second call fails.
+    pub fn start() -> io::Result<Reaper> {
+        if REAPER_STARTED.swap(true, Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a reaper is already running in this process",
+            ));
+        }
+        let inner = Arc::new(ReaperInner {
+            state: Mutex::new(ReaperState::default()),
+            spawned: Condvar::new(),
+        });
+        let thread_inner = inner.clone();
+        thread::Builder::new()
+            .name("husk-reaper".into())
+            .spawn(move || reap_loop(&thread_inner))?;
+        Ok(Reaper { inner })
+    }
+
+    /// Runs `fork_fn` with the reaper lock held and registers the pid it returns, so the
+    /// reaper cannot reap that pid before it is known. For spawners other than [`spawn`]
+    /// (the container builder): `fork_fn` must itself reap any child it gives up on.
+    pub fn register_with<T, E>(
+        &self,
+        fork_fn: impl FnOnce() -> Result<(i32, T), E>,
+    ) -> Result<(i32, T, ExitWatch), E> {
+        let mut st = lock(&self.inner.state);
+        let (pid, t) = fork_fn()?;
+        let watch = ExitWatch::default();
+        st.waiting.insert(pid, watch.clone());
+        st.generation += 1;
+        drop(st);
+        self.inner.spawned.notify_all();
+        Ok((pid, t, watch))
+    }
+
+    /// Sends `signal` to `pid` if it is one of ours and not reaped yet.
+    pub fn signal(&self, pid: i32, signal: i32) -> Result<(), AgentError> {
+        let st = lock(&self.inner.state);
+        if !st.waiting.contains_key(&pid) {
+            return Err(AgentError::new(
+                ErrorKind::NotFound,
+                format!("process {pid} has already exited"),
+            ));
+        }
+        // SAFETY: plain syscall; the pid is ours and unreaped (the lock is held), so it
+        // cannot have been recycled.
+        let r = unsafe { libc::kill(pid, signal) };
+        drop(st);
+        if r == 0 {
+            Ok(())
+        } else {
+            let e = Errno::last();
+            let kind = match e {
+                Errno::EINVAL => ErrorKind::InvalidArgument,
+                Errno::EPERM => ErrorKind::PermissionDenied,
+                _ => ErrorKind::Internal,
+            };
+            Err(AgentError::new(
+                kind,
+                format!("signal {signal} to process {pid}: {}", errno_text(e)),
+            ))
+        }
+    }
+
+    /// How many exits of processes nobody spawned through us (orphans) were reaped.
+    pub fn orphans_reaped(&self) -> u64 {
+        lock(&self.inner.state).orphans_reaped
+    }
+}
+
+fn reap_loop(inner: &ReaperInner) -> ! {
+    loop {
+        let generation = lock(&inner.state).generation;
+        // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: plain syscall with a valid out pointer; WNOWAIT reaps nothing.
+        let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if r != 0 {
+            match Errno::last() {
+                Errno::EINTR => {}
+                Errno::ECHILD => {
+                    // No children: nothing can exit before the next spawn.
+                    let st = lock(&inner.state);
+                    let _unused = inner
+                        .spawned
+                        .wait_timeout_while(st, Duration::from_secs(1), |s| {
+                            s.generation == generation
+                        })
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                _ => thread::sleep(Duration::from_millis(50)),
+            }
+            continue;
+        }
+        let mut st = lock(&inner.state);
+        loop {
+            let mut status = 0;
+            // SAFETY: plain syscall with a valid out pointer.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid > 0 {
+                match (
+                    st.waiting.remove(&pid),
+                    ExitStatus::from_wait_status(status),
+                ) {
+                    (Some(watch), Some(s)) => watch.set(s),
+                    (Some(watch), None) => {
+                        st.waiting.insert(pid, watch);
+                    }
+                    (None, _) => st.orphans_reaped += 1,
+                }
+            } else if pid < 0 && Errno::last() == Errno::EINTR {
+                continue;
+            } else {
+                break; // 0: none left exited; ECHILD: no children
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Spawning
+// ---------------------------------------------------------------------------------------
+
+/// Where the process's stdio goes. Fds are the accepted stdio connections (vsock in the
+/// guest, unix sockets in tests; any fd works, sockets get a proper EOF via shutdown).
+pub enum Stdio {
+    /// Separate streams; `None` is `/dev/null`.
+    Streams {
+        stdin: Option<OwnedFd>,
+        stdout: Option<OwnedFd>,
+        stderr: Option<OwnedFd>,
+    },
+    /// One bidirectional stream to a new pty; the size is the process's `consoleSize`
+    /// (height = rows, width = cols), else [`DEFAULT_TTY_SIZE`].
+    Tty { stream: OwnedFd },
+}
+
+impl Stdio {
+    /// Everything `/dev/null`.
+    pub fn null() -> Stdio {
+        Stdio::Streams {
+            stdin: None,
+            stdout: None,
+            stderr: None,
+        }
+    }
+}
+
+/// A running (or exited) process spawned by [`spawn`].
+pub struct Child {
+    pid: i32,
+    exit: ExitWatch,
+    reaper: Reaper,
+    tty_master: Option<Arc<File>>,
+    /// The stream feeding stdin (the tty stream for a tty), to stop the input relay.
+    input_stream: Option<Arc<File>>,
+    outputs: Arc<Countdown>,
+}
+
+/// Counts output relays still running.
+struct Countdown {
+    left: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Countdown {
+    fn done(&self) {
+        *lock(&self.left) -= 1;
+        self.cv.notify_all();
+    }
+}
+
+// The steps the child reports on the error pipe.
+const STEP_SETSID: u32 = 1;
+const STEP_CTTY: u32 = 2;
+const STEP_DUP: u32 = 3;
+const STEP_GROUPS: u32 = 4;
+const STEP_GID: u32 = 5;
+const STEP_UID: u32 = 6;
+const STEP_CWD: u32 = 7;
+const STEP_EXEC: u32 = 8;
+
+/// Everything the child needs, built before `fork` (no allocation after it).
+struct ExecPlan {
+    argv0: String,
+    path_searched: bool,
+    candidates: Vec<CString>,
+    argv: Vec<CString>,
+    envp: Vec<CString>,
+    cwd: CString,
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+    umask: Option<u32>,
+}
+
+fn cstring(what: &str, s: &[u8]) -> Result<CString, AgentError> {
+    CString::new(s).map_err(|_| {
+        AgentError::new(
+            ErrorKind::InvalidArgument,
+            format!("{what} contains a NUL byte"),
+        )
+    })
+}
+
+fn plan(process: &Process) -> Result<ExecPlan, AgentError> {
+    let args = process.args().as_deref().unwrap_or(&[]);
+    let Some(argv0) = args.first() else {
+        return Err(AgentError::new(
+            ErrorKind::InvalidArgument,
+            "process.args must not be empty",
+        ));
+    };
+    let env = process.env().as_deref().unwrap_or(&[]);
+    let argv = args
+        .iter()
+        .map(|a| cstring("process.args", a.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let envp = env
+        .iter()
+        .map(|e| cstring("process.env", e.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let path_searched = !argv0.contains('/');
+    let candidates = if argv0.is_empty() {
+        Vec::new()
+    } else if path_searched {
+        let path = env
+            .iter()
+            .rev()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or(DEFAULT_PATH);
+        path.split(':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { "." } else { dir };
+                cstring("PATH", format!("{dir}/{argv0}").as_bytes())
+            })
+            .collect::<Result<Vec<_>, _>>()?
+    } else {
+        vec![cstring("process.args[0]", argv0.as_bytes())?]
+    };
+    let cwd = process.cwd();
+    let cwd = if cwd.as_os_str().is_empty() {
+        CString::new("/").unwrap()
+    } else {
+        cstring("process.cwd", cwd.as_os_str().as_bytes())?
+    };
+    let user = process.user();
+    Ok(ExecPlan {
+        argv0: argv0.clone(),
+        path_searched,
+        candidates,
+        argv,
+        envp,
+        cwd,
+        uid: user.uid(),
+        gid: user.gid(),
+        groups: user.additional_gids().clone().unwrap_or_default(),
+        umask: user.umask(),
+    })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), AgentError> {
+    let mut fds = [0; 2];
+    // SAFETY: valid out array of two fds.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(AgentError::internal(format!(
+            "pipe2: {}",
+            errno_text(Errno::last())
+        )));
+    }
+    // SAFETY: pipe2 just returned these two fds, owned by nobody else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+fn dev_null() -> Result<OwnedFd, AgentError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map(OwnedFd::from)
+        .map_err(|e| AgentError::internal(format!("open /dev/null: {e}")))
+}
+
+fn set_cloexec(fd: RawFd) -> Result<(), AgentError> {
+    // SAFETY: fcntl on an fd we own.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        return Err(AgentError::internal(format!(
+            "fcntl(FD_CLOEXEC): {}",
+            errno_text(Errno::last())
+        )));
+    }
+    Ok(())
+}
+
+/// The fds the child gets as 0, 1, 2 (plus the tty slave to make its controlling tty).
+struct ChildFds {
+    fds: [OwnedFd; 3],
+    tty: bool,
+}
+
+/// Spawns `process` through `reaper`, relaying its stdio per `stdio`.
+///
+/// Returns once the process has exec'd; a failed exec is an error here (never a child that
+/// exits 127): `ExecutableNotFound` ("exec: \"x\": executable file not found in $PATH", or
+/// "... no such file or directory" for a path), `PermissionDenied`, `InvalidArgument` for a
+/// bad cwd or spec, `Internal` otherwise.
+pub fn spawn(reaper: &Reaper, process: &Process, stdio: Stdio) -> Result<Child, AgentError> {
+    let plan = plan(process)?;
+    let (err_r, err_w) = pipe()?;
+
+    // Output relays are set up by the parent after the fork; these are the parent's ends.
+    let mut stdin_relay: Option<(File, OwnedFd)> = None; // (stream, pipe write end)
+    let mut out_relays: Vec<(OwnedFd, File)> = Vec::new(); // (pipe read end, stream)
+    let mut tty_stream: Option<File> = None;
+
+    let build = || -> Result<(Option<OwnedFd>, ChildFds), AgentError> {
+        match stdio {
+            Stdio::Streams {
+                stdin,
+                stdout,
+                stderr,
+            } => {
+                let fd0 = match stdin {
+                    Some(s) => {
+                        let (r, w) = pipe()?;
+                        stdin_relay = Some((File::from(s), w));
+                        r
+                    }
+                    None => dev_null()?,
+                };
+                let mut out = |s: Option<OwnedFd>| -> Result<OwnedFd, AgentError> {
+                    match s {
+                        Some(s) => {
+                            let (r, w) = pipe()?;
+                            out_relays.push((r, File::from(s)));
+                            Ok(w)
+                        }
+                        None => dev_null(),
+                    }
+                };
+                let fd1 = out(stdout)?;
+                let fd2 = out(stderr)?;
+                Ok((
+                    None,
+                    ChildFds {
+                        fds: [fd0, fd1, fd2],
+                        tty: false,
+                    },
+                ))
+            }
+            Stdio::Tty { stream } => {
+                let (rows, cols) = process
+                    .console_size()
+                    .map(|b| (clamp16(b.height()), clamp16(b.width())))
+                    .unwrap_or(DEFAULT_TTY_SIZE);
+                let ws = nix::pty::Winsize {
+                    ws_row: rows,
+                    ws_col: cols,
+                    ws_xpixel: 0,
+                    ws_ypixel: 0,
+                };
+                let pty = nix::pty::openpty(Some(&ws), None)
+                    .map_err(|e| AgentError::internal(format!("openpty: {}", errno_text(e))))?;
+                set_cloexec(pty.master.as_raw_fd())?;
+                set_cloexec(pty.slave.as_raw_fd())?;
+                tty_stream = Some(File::from(stream));
+                let s1 = pty.slave.try_clone().map_err(internal_io("dup"))?;
+                let s2 = pty.slave.try_clone().map_err(internal_io("dup"))?;
+                Ok((
+                    Some(pty.master),
+                    ChildFds {
+                        fds: [pty.slave, s1, s2],
+                        tty: true,
+                    },
+                ))
+            }
+        }
+    };
+    // Everything that creates fds runs under the reaper lock, like every fork: openpty and
+    // its FD_CLOEXEC are then atomic with respect to our other spawns, so no other child
+    // inherits a pty slave (which would keep the master from ever seeing EOF).
+    let (pid, (master, child_fds), exit) = reaper.register_with(|| {
+        let (master, child_fds) = build()?;
+        let pid = fork_exec(&plan, &child_fds, File::from(err_r), err_w)?;
+        Ok::<_, AgentError>((pid, (master, child_fds)))
+    })?;
+    drop(child_fds); // the parent's copies of the child's ends
+
+    let mut n_out = out_relays.len();
+    if master.is_some() {
+        n_out = 1;
+    }
+    let outputs = Arc::new(Countdown {
+        left: Mutex::new(n_out),
+        cv: Condvar::new(),
+    });
+    let mut child = Child {
+        pid,
+        exit,
+        reaper: reaper.clone(),
+        tty_master: None,
+        input_stream: None,
+        outputs: outputs.clone(),
+    };
+
+    if let Some((stream, pipe_w)) = stdin_relay {
+        let stream = Arc::new(stream);
+        child.input_stream = Some(stream.clone());
+        relay_thread("husk-stdin", move || {
+            copy_input(&stream, &mut File::from(pipe_w));
+        });
+    }
+    for (pipe_r, stream) in out_relays {
+        let outputs = outputs.clone();
+        relay_thread("husk-output", move || {
+            copy_output(&mut File::from(pipe_r), &stream, false);
+            shutdown(&stream, libc::SHUT_WR);
+            outputs.done();
+        });
+    }
+    if let (Some(master), Some(stream)) = (master, tty_stream) {
+        let master = Arc::new(File::from(master));
+        let stream = Arc::new(stream);
+        child.tty_master = Some(master.clone());
+        child.input_stream = Some(stream.clone());
+        let (m_in, s_in) = (master.clone(), stream.clone());
+        relay_thread("husk-tty-in", move || {
+            copy_input(&s_in, &mut &*m_in);
+            type_veof(&m_in);
+        });
+        relay_thread("husk-tty-out", move || {
+            copy_output(&mut &*master, &stream, true);
+            shutdown(&stream, libc::SHUT_WR);
+            outputs.done();
+        });
+    }
+    Ok(child)
+}
+
+fn clamp16(v: u64) -> u16 {
+    v.min(u16::MAX as u64) as u16
+}
+
+fn internal_io(what: &'static str) -> impl Fn(io::Error) -> AgentError {
+    move |e| AgentError::internal(format!("{what}: {e}"))
+}
+
+fn relay_thread(name: &str, f: impl FnOnce() + Send + 'static) {
+    // A relay that cannot start would lose a stream: fall back to running... nothing; the
+    // spawn already succeeded, so report it loudly instead of hanging silently.
+    if let Err(e) = thread::Builder::new().name(name.into()).spawn(f) {
+        eprintln!("husk-protocol: cannot start the {name} relay thread: {e}");
+    }
+}
+
+/// host stream -> process, until the stream's EOF (or its read side is shut down) or the
+/// process stops reading. Dropping the destination afterwards is the process's EOF.
+fn copy_input(stream: &File, dest: &mut impl Write) {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match (&*stream).read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        };
+        if dest.write_all(&buf[..n]).is_err() {
+            // The process closed its stdin: nobody will read the rest.
+            shutdown(stream, libc::SHUT_RD);
+            return;
+        }
+    }
+}
+
+/// process -> host stream, until EOF on the process side (EIO on a pty master whose slave
+/// is closed). If the host stops reading, keep draining so the process never blocks.
+fn copy_output(src: &mut impl Read, stream: &File, pty: bool) {
+    let mut buf = [0u8; 16 * 1024];
+    let mut host_gone = false;
+    loop {
+        let n = match src.read(&mut buf) {
+            Ok(0) => return,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if pty && e.raw_os_error() == Some(libc::EIO) => return,
+            Err(_) => return,
+        };
+        if !host_gone && (&*stream).write_all(&buf[..n]).is_err() {
+            host_gone = true;
+        }
+    }
+}
+
+fn shutdown(f: &File, how: libc::c_int) {
+    // SAFETY: plain syscall on an fd we own; ENOTSOCK (a pipe in tests) is fine to ignore.
+    unsafe { libc::shutdown(f.as_raw_fd(), how) };
+}
+
+/// After the tty's input ends: type VEOF (^D) if the line discipline is canonical, so a
+/// reader of the terminal sees EOF as it would at a real keyboard.
+fn type_veof(master: &File) {
+    // SAFETY: zeroed termios is a valid out-parameter.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr on our pty master (Linux reports the pty's termios there).
+    if unsafe { libc::tcgetattr(master.as_raw_fd(), &mut t) } != 0 {
+        return;
+    }
+    if t.c_lflag & libc::ICANON != 0 {
+        let _ = (&*master).write_all(&[t.c_cc[libc::VEOF]]);
+    }
+}
+
+/// Forks and execs per `plan`, with the reaper lock held by the caller. On an exec failure
+/// the child is reaped here and its (step, errno) becomes the error.
+fn fork_exec(
+    plan: &ExecPlan,
+    fds: &ChildFds,
+    err_r: File,
+    err_w: OwnedFd,
+) -> Result<i32, AgentError> {
+    let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let raw = [
+        fds.fds[0].as_raw_fd(),
+        fds.fds[1].as_raw_fd(),
+        fds.fds[2].as_raw_fd(),
+    ];
+    let is_root = unsafe { libc::geteuid() } == 0;
+    let (cur_uid, cur_gid) = unsafe { (libc::getuid(), libc::getgid()) };
+
+    // SAFETY: the child below only makes async-signal-safe calls on data prepared before
+    // the fork, then execs or _exits.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(AgentError::internal(format!(
+            "fork: {}",
+            errno_text(Errno::last())
+        )));
+    }
+    if pid == 0 {
+        // SAFETY: see above; this never returns.
+        unsafe {
+            child_after_fork(
+                plan,
+                &argv,
+                &envp,
+                raw,
+                fds.tty,
+                is_root,
+                cur_uid,
+                cur_gid,
+                err_w.as_raw_fd(),
+            )
+        }
+    }
+    drop(err_w);
+    let mut report = [0u8; 8];
+    let got = loop {
+        match (&err_r).read(&mut report) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r,
+        }
+    };
+    let got = match got {
+        Ok(n) => n,
+        Err(e) => {
+            return Err(AgentError::internal(format!(
+                "reading the exec status: {e}"
+            )))
+        }
+    };
+    if got == 0 {
+        return Ok(pid); // the pipe closed on exec: the process runs
+    }
+    // The child failed before exec; it _exits at once. Reap it ourselves (we hold the
+    // reaper lock, so the reaper cannot take it).
+    let mut status = 0;
+    // SAFETY: plain syscall on our own child.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR {}
+    if got < 8 {
+        return Err(AgentError::internal(
+            "the child failed before exec without saying why",
+        ));
+    }
+    let step = u32::from_ne_bytes(report[..4].try_into().unwrap());
+    let errno = Errno::from_raw(i32::from_ne_bytes(report[4..].try_into().unwrap()));
+    Err(exec_error(plan, step, errno))
+}
+
+fn exec_error(plan: &ExecPlan, step: u32, errno: Errno) -> AgentError {
+    let text = errno_text(errno);
+    match step {
+        STEP_EXEC => match errno {
+            Errno::ENOENT | Errno::ENOTDIR if plan.path_searched => AgentError::new(
+                ErrorKind::ExecutableNotFound,
+                format!("exec: {:?}: executable file not found in $PATH", plan.argv0),
+            ),
+            Errno::ENOENT | Errno::ENOTDIR => AgentError::new(
+                ErrorKind::ExecutableNotFound,
+                format!("exec: {:?}: {text}", plan.argv0),
+            ),
+            Errno::EACCES | Errno::EPERM => AgentError::new(
+                ErrorKind::PermissionDenied,
+                format!("exec: {:?}: {text}", plan.argv0),
+            ),
+            _ => AgentError::internal(format!("exec: {:?}: {text}", plan.argv0)),
+        },
+        STEP_CWD => AgentError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "chdir to cwd ({:?}) set in config.json failed: {text}",
+                plan.cwd.to_string_lossy()
+            ),
+        ),
+        STEP_GROUPS | STEP_GID | STEP_UID => {
+            let what = match step {
+                STEP_GROUPS => format!("setgroups({:?})", plan.groups),
+                STEP_GID => format!("setgid({})", plan.gid),
+                _ => format!("setuid({})", plan.uid),
+            };
+            let kind = if errno == Errno::EPERM {
+                ErrorKind::PermissionDenied
+            } else {
+                ErrorKind::InvalidArgument
+            };
+            AgentError::new(kind, format!("{what}: {text}"))
+        }
+        STEP_SETSID => AgentError::internal(format!("setsid: {text}")),
+        STEP_CTTY => {
+            AgentError::internal(format!("making the pty the controlling terminal: {text}"))
+        }
+        STEP_DUP => AgentError::internal(format!("setting up stdio: {text}")),
+        _ => AgentError::internal(format!("spawn step {step}: {text}")),
+    }
+}
+
+/// `strerror` in lower case, as runc/Go spell errno texts ("no such file or directory").
+fn errno_text(e: Errno) -> String {
+    let d = e.desc();
+    let mut c = d.chars();
+    match c.next() {
+        Some(f) => f.to_lowercase().chain(c).collect(),
+        None => d.to_owned(),
+    }
+}
+
+/// The child between fork and exec: async-signal-safe calls only, no allocation.
+#[allow(clippy::too_many_arguments)]
+unsafe fn child_after_fork(
+    plan: &ExecPlan,
+    argv: &[*const libc::c_char],
+    envp: &[*const libc::c_char],
+    fds: [RawFd; 3],
+    tty: bool,
+    is_root: bool,
+    cur_uid: libc::uid_t,
+    cur_gid: libc::gid_t,
+    err_w: RawFd,
+) -> ! {
+    let fail = |step: u32, errno: i32| -> ! {
+        let mut msg = [0u8; 8];
+        msg[..4].copy_from_slice(&step.to_ne_bytes());
+        msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        libc::write(err_w, msg.as_ptr().cast(), msg.len());
+        libc::_exit(127)
+    };
+    let errno = || *libc::__errno_location();
+
+    // Default dispositions and an empty mask: the agent's own (Rust ignores SIGPIPE) must
+    // not leak into the process.
+    for sig in 1..libc::SIGRTMAX() {
+        libc::signal(sig, libc::SIG_DFL);
+    }
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+
+    // Its own session: signals aimed at the agent's group never hit it by accident, and a
+    // tty can become its controlling terminal.
+    if libc::setsid() < 0 {
+        fail(STEP_SETSID, errno());
+    }
+    if tty && libc::ioctl(fds[0], libc::TIOCSCTTY, 0) < 0 {
+        fail(STEP_CTTY, errno());
+    }
+    for (target, &fd) in fds.iter().enumerate() {
+        let target = target as RawFd;
+        if fd == target {
+            if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                fail(STEP_DUP, errno());
+            }
+        } else if libc::dup2(fd, target) < 0 {
+            fail(STEP_DUP, errno());
+        }
+    }
+    if let Some(mask) = plan.umask {
+        libc::umask(mask as libc::mode_t);
+    }
+    if is_root {
+        if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0 {
+            fail(STEP_GROUPS, errno());
+        }
+        if libc::setgid(plan.gid) < 0 {
+            fail(STEP_GID, errno());
+        }
+        if libc::setuid(plan.uid) < 0 {
+            fail(STEP_UID, errno());
+        }
+    } else {
+        if plan.gid != cur_gid && libc::setgid(plan.gid) < 0 {
+            fail(STEP_GID, errno());
+        }
+        if plan.uid != cur_uid && libc::setuid(plan.uid) < 0 {
+            fail(STEP_UID, errno());
+        }
+    }
+    if libc::chdir(plan.cwd.as_ptr()) < 0 {
+        fail(STEP_CWD, errno());
+    }
+    // execvp's search rules, with the process's own PATH.
+    let mut saw_eacces = false;
+    let mut last = libc::ENOENT;
+    for cand in &plan.candidates {
+        libc::execve(cand.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        let e = errno();
+        match e {
+            libc::EACCES => saw_eacces = true,
+            libc::ENOENT | libc::ENOTDIR | libc::ESTALE | libc::ENODEV | libc::ETIMEDOUT => {}
+            _ => {
+                last = e;
+                break;
+            }
+        }
+        last = e;
+    }
+    if saw_eacces
+        && matches!(
+            last,
+            libc::ENOENT
+                | libc::ENOTDIR
+                | libc::ESTALE
+                | libc::ENODEV
+                | libc::ETIMEDOUT
+                | libc::EACCES
+        )
+    {
+        last = libc::EACCES;
+    }
+    fail(STEP_EXEC, last)
+}
+
+impl Child {
+    /// The process's pid (in the agent's pid namespace).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Blocks until the process exits, then stops relaying the host's input to it.
+    /// Output may still be in flight: see [`wait_output`](Self::wait_output).
+    pub fn wait(&self) -> ExitStatus {
+        let s = self.exit.wait();
+        self.stop_input();
+        s
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn try_status(&self) -> Option<ExitStatus> {
+        self.exit.try_status()
+    }
+
+    /// A handle to wait on from elsewhere.
+    pub fn exit_watch(&self) -> ExitWatch {
+        self.exit.clone()
+    }
+
+    /// Waits until every output stream has reached EOF and was shut down towards the host
+    /// (all bytes delivered). `false` on timeout: a background process still holds the
+    /// output open.
+    pub fn wait_output(&self, timeout: Duration) -> bool {
+        let g = lock(&self.outputs.left);
+        let (g, _) = self
+            .outputs
+            .cv
+            .wait_timeout_while(g, timeout, |left| *left > 0)
+            .unwrap_or_else(|e| e.into_inner());
+        *g == 0
+    }
+
+    /// Sends `signal` to the process; `NotFound` once it has exited.
+    pub fn signal(&self, signal: i32) -> Result<(), AgentError> {
+        self.reaper.signal(self.pid, signal)
+    }
+
+    /// Sets the tty size (the kernel sends SIGWINCH to the foreground process group).
+    pub fn resize(&self, rows: u16, cols: u16) -> Result<(), AgentError> {
+        let Some(master) = &self.tty_master else {
+            return Err(AgentError::new(
+                ErrorKind::InvalidArgument,
+                format!("process {} has no terminal to resize", self.pid),
+            ));
+        };
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ on our pty master with a valid winsize.
+        if unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) } != 0 {
+            return Err(AgentError::internal(format!(
+                "resizing the terminal: {}",
+                errno_text(Errno::last())
+            )));
+        }
+        Ok(())
+    }
+
+    /// EOF on the process's stdin even though the host's stream stays open. A no-op for a
+    /// process without stdin.
+    pub fn close_stdin(&self) -> Result<(), AgentError> {
+        self.stop_input();
+        Ok(())
+    }
+
+    fn stop_input(&self) {
+        if let Some(s) = &self.input_stream {
+            shutdown(s, libc::SHUT_RD);
+        }
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        // Free the input relay thread if the host never closes its stream.
+        if self.exit.try_status().is_some() {
+            self.stop_input();
+        }
+    }
+}
