@@ -55,10 +55,17 @@ impl Run {
     /// that contains `needle` (case-insensitive). Returns that line.
     pub fn assert_one_line_error(&self, needle: &str) -> String {
         assert!(!self.status.success(), "husk should have failed: {self:#?}");
-        let lines: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let lines: Vec<&str> = self
+            .stderr
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect();
         assert_eq!(lines.len(), 1, "want one error line: {self:#?}");
         let line = lines[0].to_string();
-        assert!(line.starts_with("husk: "), "error line not `husk: ...`: {line}");
+        assert!(
+            line.starts_with("husk: "),
+            "error line not `husk: ...`: {line}"
+        );
         assert!(
             line.to_lowercase().contains(&needle.to_lowercase()),
             "error line does not name {needle:?}: {line}"
@@ -68,6 +75,9 @@ impl Run {
 }
 
 /// Runs husk with `args`, killing it (and failing the test) after `deadline`.
+// The child is reaped by `wait_with_rusage` (wait4, for its own rusage), which clippy
+// cannot see.
+#[allow(clippy::zombie_processes)]
 pub fn husk(args: &[&str], deadline: Duration) -> Run {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let token = format!(

@@ -22,7 +22,9 @@ fn boot_ok(vcpus: &str, memory: &str) -> u64 {
     assert_eq!(lines.len(), 1, "want one breakdown line: {run:#?}");
     let b = breakdown(lines[0]);
     for key in ["vmm_setup_ms", "guest_ready_ms", "total_ms", "vm_exits"] {
-        let v = b.get(key).unwrap_or_else(|| panic!("no {key} in {:?}", lines[0]));
+        let v = b
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key} in {:?}", lines[0]));
         assert!(*v > 0.0, "{key} must be positive: {}", lines[0]);
     }
     // The parts fit inside the whole, and the agent really reported its own clock.
@@ -94,7 +96,10 @@ fn a_guest_panic_is_reported_with_its_reason() {
         BOOT_DEADLINE,
     );
     let line = run.assert_one_line_error("panic");
-    assert!(line.contains("not syncing"), "the panic's own words: {line}");
+    assert!(
+        line.contains("not syncing"),
+        "the panic's own words: {line}"
+    );
 }
 
 #[test]
