@@ -3,5 +3,7 @@
 //! The VMM is a library first: [`vmm`] boots a microVM from a kernel and an initramfs;
 //! the `husk` binary is a thin CLI over it.
 
+pub mod assets;
+pub mod cli;
 pub mod initramfs;
 pub mod vmm;

@@ -1,0 +1,58 @@
+//! x86_64 boot: what the guest finds when its first instruction runs.
+//!
+//! The design choice that shapes this module: no firmware and no ACPI. The VMM writes the
+//! few tables Linux needs itself (PVH start info with the e820 map, an MP table for SMP,
+//! a boot GDT), programs each vCPU (CPUID, MSRs, LAPIC, registers), and the kernel starts
+//! at its PVH entry point in 32-bit protected mode. Every guest address is in [`layout`].
+
+pub mod cpuid;
+pub mod interrupts;
+pub mod layout;
+pub mod mptable;
+pub mod msr;
+pub mod pvh;
+pub mod regs;
+
+use kvm_bindings::{kvm_mp_state, CpuId, KVM_MP_STATE_RUNNABLE, KVM_MP_STATE_UNINITIALIZED};
+use kvm_ioctls::VcpuFd;
+
+/// Errors configuring a vCPU.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchError {
+    #[error("cannot set CPUID: {0}")]
+    SetCpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    Msr(#[from] msr::MsrError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Interrupts(#[from] interrupts::InterruptsError),
+    #[error("cannot set the multiprocessing state: {0}")]
+    MpState(kvm_ioctls::Error),
+}
+
+/// Programs vCPU `index` of `vcpus`: its CPUID (from KVM's supported set), boot MSRs,
+/// LAPIC LINT pins, FPU; the boot vCPU (index 0) gets the PVH entry registers and runs,
+/// the others wait for INIT/SIPI from it.
+pub fn configure_vcpu(
+    vcpu: &VcpuFd,
+    index: u8,
+    vcpus: u8,
+    supported_cpuid: &CpuId,
+    pvh_entry: u64,
+) -> Result<(), ArchError> {
+    let mut cpuid = supported_cpuid.clone();
+    cpuid::filter(cpuid.as_mut_slice(), index, vcpus);
+    vcpu.set_cpuid2(&cpuid).map_err(ArchError::SetCpuid)?;
+    msr::setup_msrs(vcpu)?;
+    interrupts::setup_lapic(vcpu)?;
+    regs::setup_fpu(vcpu)?;
+    let mp_state = if index == 0 {
+        regs::setup_boot_vcpu(vcpu, pvh_entry)?;
+        KVM_MP_STATE_RUNNABLE
+    } else {
+        KVM_MP_STATE_UNINITIALIZED
+    };
+    vcpu.set_mp_state(kvm_mp_state { mp_state })
+        .map_err(ArchError::MpState)
+}

@@ -1,0 +1,286 @@
+//! A whole microVM: built from a [`VmConfig`] by [`Vm::new`], run to its end by
+//! [`Vm::run`].
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::arch::x86_64::layout::{
+    CMDLINE_ADDR, CMDLINE_MAX_SIZE, I8042_PORT, I8042_PORT_LEN, KVM_TSS_ADDR, SERIAL_IRQ,
+    SERIAL_PORT, SERIAL_PORT_LEN,
+};
+use super::arch::x86_64::pvh::InitrdPlacement;
+use super::arch::x86_64::{configure_vcpu, mptable, pvh, regs};
+use super::config::{check_memory, check_vcpus, ConsoleOutput, VmConfig, MAX_VCPUS};
+use super::devices::i8042::{ResetTrigger, I8042};
+use super::devices::serial::{Discard, IrqTrigger, SerialDevice};
+use super::devices::{Bus, SharedDevice};
+use super::host::{detect_kvm, mem_total_mib, HostKvm};
+use super::memory::{create_guest_memory, register_with_kvm, HugePages};
+use super::resources::{MmioSlot, ResourceAllocator};
+use super::stats::VmStats;
+use super::vcpu::{
+    install_kick_handler, vcpu_thread, Shared, VcpuContext, VcpuError, VmExitReason,
+};
+use super::{loader, Error};
+
+/// Stops a VM from another thread (a watchdog, a signal handler thread, an API call).
+#[derive(Clone)]
+pub struct StopHandle(Arc<Shared>);
+
+impl StopHandle {
+    /// Ends the VM: [`Vm::run`] returns [`VmExitReason::Stopped`] (unless the guest ended
+    /// first). Safe to call at any time, any number of times.
+    pub fn stop(&self) {
+        self.0.finish(Ok(VmExitReason::Stopped));
+    }
+}
+
+/// A built microVM, ready to [`run`](Vm::run).
+pub struct Vm {
+    // Fields drop in order: vCPU fds, devices, the VM fd, then guest memory.
+    vcpus: Vec<VcpuFd>,
+    pio: Bus,
+    mmio: Bus,
+    resources: ResourceAllocator,
+    cmdline: Cmdline,
+    stats: Arc<VmStats>,
+    shared: Arc<Shared>,
+    vm_fd: Arc<VmFd>,
+    _kvm: Kvm,
+    memory: GuestMemoryMmap,
+    mem_size: u64,
+    initrd: Option<InitrdPlacement>,
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+impl Vm {
+    /// Checks `config`, then creates the VM: KVM VM with in-kernel irqchip and PIT, guest
+    /// memory, kernel and initrd loaded, boot tables written, vCPUs configured, console and
+    /// i8042 attached. Nothing runs until [`Vm::run`]. On error everything created so far
+    /// is released (fds closed, memory unmapped; no thread exists yet).
+    pub fn new(config: VmConfig) -> Result<Self, Error> {
+        Self::new_on_host(config, Path::new("/"))
+    }
+
+    /// [`Vm::new`] with the host's /proc and /sys read under `root`.
+    pub fn new_on_host(config: VmConfig, root: &Path) -> Result<Self, Error> {
+        // The caller's mistakes first: they do not depend on the host.
+        check_vcpus(config.vcpus, MAX_VCPUS)?;
+        check_memory(config.memory_mib, mem_total_mib(root))?;
+        loader::precheck_kernel(&config.kernel)?;
+        if let Some(initrd) = &config.initrd {
+            loader::precheck_initrd(initrd)?;
+        }
+        let mut cmdline =
+            Cmdline::new(CMDLINE_MAX_SIZE).map_err(|e| Error::Cmdline(e.to_string()))?;
+        cmdline
+            .insert_str(&config.cmdline)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+        // Guest memory is plain mmap: load the kernel and initrd into it before KVM is
+        // touched, so a file that is not a kernel is named as such on any host.
+        let mem_size = config.memory_mib << 20;
+        let huge = if config.huge_pages {
+            HugePages::HostDefault
+        } else {
+            HugePages::Off
+        };
+        let memory = create_guest_memory(mem_size, huge)?;
+
+        let kernel = loader::load_kernel(&memory, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(loader::load_initrd(&memory, path, mem_size, kernel.end)?),
+            None => None,
+        };
+        if detect_kvm(root) == HostKvm::Pvm {
+            return Err(Error::PvmHost);
+        }
+
+        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        check_vcpus(config.vcpus, max_vcpus)?;
+        // Bounded by check_vcpus (<= 254).
+        let vcpus = config.vcpus as u8;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::MissingCap(name));
+            }
+        }
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        register_with_kvm(&vm_fd, &memory)?;
+
+        regs::write_boot_tables(&memory).map_err(|e| Error::Arch {
+            cpu: 0,
+            source: e.into(),
+        })?;
+        mptable::write(&memory, vcpus)?;
+
+        let shared = Shared::new(vcpus.into());
+        let stats = VmStats::new(vcpus.into());
+        let mut vcpu_fds = Vec::with_capacity(vcpus.into());
+        for index in 0..vcpus {
+            let fd = vm_fd
+                .create_vcpu(index.into())
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            configure_vcpu(&fd, index, vcpus, &supported_cpuid, kernel.entry)
+                .map_err(|source| Error::Arch { cpu: index, source })?;
+            stats.attach_kernel_counter(index.into(), &fd);
+            vcpu_fds.push(fd);
+        }
+
+        let mut pio = Bus::new();
+        let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        vm_fd
+            .register_irqfd(&serial_evt, SERIAL_IRQ)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let sink = match config.console {
+            ConsoleOutput::Discard => Box::new(Discard),
+            ConsoleOutput::Sink(s) => s,
+        };
+        let serial: SharedDevice =
+            Arc::new(Mutex::new(SerialDevice::new(IrqTrigger(serial_evt), sink)));
+        pio.insert(serial, SERIAL_PORT.into(), SERIAL_PORT_LEN.into())?;
+        let on_reset = shared.clone();
+        let i8042: SharedDevice =
+            Arc::new(Mutex::new(I8042::new(ResetTrigger(Box::new(move || {
+                on_reset.finish(Ok(VmExitReason::Reset))
+            })))));
+        pio.insert(i8042, I8042_PORT.into(), I8042_PORT_LEN.into())?;
+
+        Ok(Self {
+            vcpus: vcpu_fds,
+            pio,
+            mmio: Bus::new(),
+            resources: ResourceAllocator::new(),
+            cmdline,
+            stats,
+            shared,
+            vm_fd,
+            _kvm: kvm,
+            memory,
+            mem_size,
+            initrd,
+        })
+    }
+
+    /// The VM's exit counters, shareable with other threads (see [`VmStats::snapshot`]).
+    pub fn stats(&self) -> Arc<VmStats> {
+        self.stats.clone()
+    }
+
+    /// A handle that stops the VM from another thread.
+    pub fn stop_handle(&self) -> StopHandle {
+        StopHandle(self.shared.clone())
+    }
+
+    /// The KVM VM, for devices that wire irqfds and ioeventfds.
+    pub fn vm_fd(&self) -> &Arc<VmFd> {
+        &self.vm_fd
+    }
+
+    /// Guest RAM, for devices that read and write it.
+    pub fn guest_memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Attaches an MMIO device: allocates it a slot in the MMIO window and an IRQ, routes
+    /// the slot's accesses to it, and declares it on the kernel command line as a
+    /// virtio-mmio device.
+    pub fn add_virtio_mmio_device(
+        &mut self,
+        device: SharedDevice,
+        len: u64,
+    ) -> Result<MmioSlot, Error> {
+        let slot = self.resources.allocate_mmio(len)?;
+        self.mmio.insert(device, slot.addr, slot.len)?;
+        self.cmdline
+            .insert_str(slot.virtio_mmio_cmdline())
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+        Ok(slot)
+    }
+
+    /// Runs the VM until the guest is gone (reset, triple fault), a vCPU fails, or a
+    /// [`StopHandle`] stops it. Every vCPU thread has been joined when this returns.
+    pub fn run(self) -> Result<VmExitReason, Error> {
+        linux_loader::loader::load_cmdline(&self.memory, GuestAddress(CMDLINE_ADDR), &self.cmdline)
+            .map_err(|e| Error::Cmdline(e.to_string()))?;
+        pvh::write_start_info(&self.memory, self.mem_size, self.initrd)?;
+        install_kick_handler()?;
+
+        let Vm {
+            vcpus,
+            pio,
+            mmio,
+            stats,
+            shared,
+            vm_fd,
+            _kvm,
+            memory,
+            ..
+        } = self;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(mmio);
+        let mut threads = Vec::with_capacity(vcpus.len());
+        for (index, fd) in vcpus.into_iter().enumerate() {
+            let ctx = VcpuContext {
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                stats: stats.clone(),
+                shared: shared.clone(),
+            };
+            // At most 254 vCPUs.
+            let index = index as u8;
+            let spawned = std::thread::Builder::new()
+                .name(format!("husk-vcpu{index}"))
+                .spawn(move || vcpu_thread(fd, index, ctx));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(source) => {
+                    shared.finish(Err(VcpuError::Spawn { cpu: index, source }));
+                    break;
+                }
+            }
+        }
+        for t in threads {
+            // A panicking vCPU thread reports and kicks the others itself (its guard).
+            let _ = t.join();
+        }
+        // Devices, the VM fd, then guest memory go away here, after every vCPU thread.
+        drop((pio, mmio, vm_fd, _kvm, memory));
+        match shared.take_outcome() {
+            Some(Ok(reason)) => Ok(reason),
+            Some(Err(e)) => Err(Error::Vcpu(e)),
+            None => Ok(VmExitReason::Stopped),
+        }
+    }
+}
