@@ -14,6 +14,7 @@ use clap::Args;
 
 use crate::assets::{self, Asset};
 use crate::vmm::config::check_args;
+use crate::vmm::memory::ResidentProbe;
 use crate::vmm::{ConsoleOutput, ExitCounts, Vm, VmConfig, VmExitReason, VmStats, DEFAULT_CMDLINE};
 
 /// What the agent prints on the console when it is ready (then it powers off).
@@ -59,6 +60,21 @@ struct Ready {
     at: Instant,
     boottime_us: u64,
     exits: ExitCounts,
+    /// Guest RAM resident in the host, and the whole process's RSS, at that moment (KiB).
+    guest_touched_kib: Option<u64>,
+    rss_kib: Option<u64>,
+}
+
+/// This process's resident set size now, KiB.
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[derive(Default)]
@@ -90,6 +106,7 @@ pub fn parse_panic(line: &str) -> Option<String> {
 struct ConsoleWatcher {
     state: Arc<Mutex<WatchState>>,
     stats: Arc<OnceLock<Arc<VmStats>>>,
+    probe: Arc<OnceLock<ResidentProbe>>,
     tee: Option<File>,
     tee_buf: Vec<u8>,
 }
@@ -102,10 +119,17 @@ impl ConsoleWatcher {
             if let Some(boottime_us) = parse_ready(&line) {
                 let at = Instant::now();
                 let exits = self.stats.get().map(|s| s.snapshot()).unwrap_or_default();
+                let guest_touched_kib = self
+                    .probe
+                    .get()
+                    .and_then(|p| p.resident_bytes())
+                    .map(|b| b / 1024);
                 state.ready = Some(Ready {
                     at,
                     boottime_us,
                     exits,
+                    guest_touched_kib,
+                    rss_kib: rss_kib(),
                 });
             }
         }
@@ -199,9 +223,11 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
     };
     let state = Arc::new(Mutex::new(WatchState::default()));
     let stats_slot = Arc::new(OnceLock::new());
+    let probe_slot = Arc::new(OnceLock::new());
     let watcher = ConsoleWatcher {
         state: state.clone(),
         stats: stats_slot.clone(),
+        probe: probe_slot.clone(),
         tee,
         tee_buf: Vec::new(),
     };
@@ -217,6 +243,7 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
     let vm = Vm::new(config)?;
     let stats = vm.stats();
     let _ = stats_slot.set(stats.clone());
+    let _ = probe_slot.set(vm.resident_probe());
 
     // The watchdog: stops the VM if the agent is not ready in time; told to go away (and
     // joined) when the VM has ended, whichever way.
@@ -275,6 +302,11 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
                 ready.exits.vm_exits,
                 ready.exits.userspace_exits,
             );
+            if let (Some(guest), Some(rss)) = (ready.guest_touched_kib, ready.rss_kib) {
+                line.push_str(&format!(
+                    " guest_touched_kib={guest} rss_at_ready_kib={rss}"
+                ));
+            }
             if !ready.exits.from_kvm_stats {
                 line.push_str(" vm_exits_source=userspace_only");
             }
@@ -342,6 +374,7 @@ mod tests {
         let mut w = ConsoleWatcher {
             state: state.clone(),
             stats: Arc::new(OnceLock::new()),
+            probe: Arc::new(OnceLock::new()),
             tee: None,
             tee_buf: Vec::new(),
         };

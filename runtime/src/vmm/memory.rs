@@ -95,6 +95,38 @@ pub fn register_with_kvm(vm: &VmFd, mem: &GuestMemoryMmap) -> Result<(), MemoryE
     Ok(())
 }
 
+/// How much of guest RAM is resident in the host (the pages the guest, or the loader,
+/// touched), from mincore(2). Cheap enough to call at any time from any thread.
+#[derive(Clone)]
+pub struct ResidentProbe(GuestMemoryMmap);
+
+impl ResidentProbe {
+    pub fn new(mem: &GuestMemoryMmap) -> Self {
+        Self(mem.clone())
+    }
+
+    /// Resident bytes of guest RAM, or None if mincore fails.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let page = u64::try_from(page).ok().filter(|p| *p > 0)?;
+        let mut total = 0u64;
+        for region in self.0.iter() {
+            let len = usize::try_from(region.len()).ok()?;
+            let mut vec = vec![0u8; len.div_ceil(page as usize)];
+            let addr = region.as_ptr();
+            // SAFETY: `addr..addr+len` is a live mapping we hold (a clone of the guest
+            // memory keeps it mapped); `vec` has one byte per page.
+            let r = unsafe { libc::mincore(addr.cast(), len, vec.as_mut_ptr()) };
+            if r != 0 {
+                return None;
+            }
+            total += vec.iter().filter(|b| *b & 1 != 0).count() as u64 * page;
+        }
+        Some(total)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,7 +21,7 @@ use super::devices::i8042::{ResetTrigger, I8042};
 use super::devices::serial::{Discard, IrqTrigger, SerialDevice};
 use super::devices::{Bus, SharedDevice};
 use super::host::{detect_kvm, mem_total_mib, HostKvm};
-use super::memory::{create_guest_memory, register_with_kvm, HugePages};
+use super::memory::{create_guest_memory, register_with_kvm, HugePages, ResidentProbe};
 use super::resources::{MmioSlot, ResourceAllocator};
 use super::stats::VmStats;
 use super::vcpu::{
@@ -120,6 +120,7 @@ impl Vm {
                 return Err(Error::MissingCap(name));
             }
         }
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
@@ -152,8 +153,15 @@ impl Vm {
             let fd = vm_fd
                 .create_vcpu(index.into())
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            configure_vcpu(&fd, index, vcpus, &supported_cpuid, kernel.entry)
-                .map_err(|source| Error::Arch { cpu: index, source })?;
+            configure_vcpu(
+                &fd,
+                index,
+                vcpus,
+                &supported_cpuid,
+                tsc_deadline,
+                kernel.entry,
+            )
+            .map_err(|source| Error::Arch { cpu: index, source })?;
             stats.attach_kernel_counter(index.into(), &fd);
             vcpu_fds.push(fd);
         }
@@ -206,6 +214,11 @@ impl Vm {
     /// The KVM VM, for devices that wire irqfds and ioeventfds.
     pub fn vm_fd(&self) -> &Arc<VmFd> {
         &self.vm_fd
+    }
+
+    /// Measures how much guest RAM is resident, from any thread, while the VM runs.
+    pub fn resident_probe(&self) -> ResidentProbe {
+        ResidentProbe::new(&self.memory)
     }
 
     /// Guest RAM, for devices that read and write it.

@@ -25,6 +25,7 @@ const LEAF_AMD_EXT_APIC_ID: u32 = 0x8000_001e;
 // Leaf 0x1 bits.
 const ECX_MONITOR: u32 = 1 << 3;
 const ECX_VMX: u32 = 1 << 5;
+const ECX_TSC_DEADLINE: u32 = 1 << 24;
 const ECX_HYPERVISOR: u32 = 1 << 31;
 const EDX_HTT: u32 = 1 << 28;
 /// CLFLUSH line size in 8-byte units (64 bytes), EBX bits 15:8.
@@ -69,7 +70,10 @@ fn id_bits(n: u32) -> u32 {
 }
 
 /// Makes KVM's supported CPUID into what vCPU `cpu` (its APIC id) of `vcpus` sees.
-pub fn filter(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8) {
+/// `tsc_deadline`: KVM's in-kernel LAPIC emulates the TSC-deadline timer
+/// (KVM_CAP_TSC_DEADLINE_TIMER), which KVM leaves to the VMM to advertise; with it the
+/// guest skips calibrating the LAPIC timer against the PIT.
+pub fn filter(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8, tsc_deadline: bool) {
     let vendor = vendor(entries);
     let apic_id = u32::from(cpu);
     let n = u32::from(vcpus).max(1);
@@ -83,6 +87,9 @@ pub fn filter(entries: &mut [kvm_cpuid_entry2], cpu: u8, vcpus: u8) {
                     | (e.ebx & 0xff);
                 e.ecx |= ECX_HYPERVISOR;
                 e.ecx &= !(ECX_VMX | ECX_MONITOR);
+                if tsc_deadline {
+                    e.ecx |= ECX_TSC_DEADLINE;
+                }
                 if n > 1 {
                     e.edx |= EDX_HTT;
                 } else {
@@ -223,13 +230,14 @@ mod tests {
     #[test]
     fn each_vcpu_gets_its_apic_id_and_the_topology() {
         let mut e = host_like(b"GenuineIntel");
-        filter(&mut e, 2, 4);
+        filter(&mut e, 2, 4, true);
         let l1 = get(&e, 1, 0);
         assert_eq!(l1.ebx >> 24, 2, "APIC id");
         assert_eq!((l1.ebx >> 16) & 0xff, 4, "logical processors");
         assert_eq!((l1.ebx >> 8) & 0xff, 8);
         assert_eq!(l1.ebx & 0xff, 7, "brand index kept");
         assert_ne!(l1.ecx & ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(l1.ecx & (ECX_VMX | ECX_MONITOR), 0);
         assert_ne!(l1.edx & EDX_HTT, 0);
         let smt = get(&e, 0xb, 0);
@@ -251,15 +259,16 @@ mod tests {
     #[test]
     fn one_vcpu_has_no_htt() {
         let mut e = host_like(b"GenuineIntel");
-        filter(&mut e, 0, 1);
+        filter(&mut e, 0, 1, false);
         assert_eq!(get(&e, 1, 0).edx & EDX_HTT, 0);
+        assert_eq!(get(&e, 1, 0).ecx & ECX_TSC_DEADLINE, 0);
         assert_eq!(get(&e, 0xb, 1).eax, 0);
     }
 
     #[test]
     fn amd_leaves_carry_the_core_count() {
         let mut e = host_like(b"AuthenticAMD");
-        filter(&mut e, 1, 3);
+        filter(&mut e, 1, 3, false);
         let ids = get(&e, 0x8000_0008, 0);
         assert_eq!(ids.ecx & 0xff, 2);
         assert_eq!((ids.ecx >> 12) & 0xf, 2);

@@ -39,10 +39,11 @@ pub fn configure_vcpu(
     index: u8,
     vcpus: u8,
     supported_cpuid: &CpuId,
+    tsc_deadline: bool,
     pvh_entry: u64,
 ) -> Result<(), ArchError> {
     let mut cpuid = supported_cpuid.clone();
-    cpuid::filter(cpuid.as_mut_slice(), index, vcpus);
+    cpuid::filter(cpuid.as_mut_slice(), index, vcpus, tsc_deadline);
     vcpu.set_cpuid2(&cpuid).map_err(ArchError::SetCpuid)?;
     msr::setup_msrs(vcpu)?;
     interrupts::setup_lapic(vcpu)?;
