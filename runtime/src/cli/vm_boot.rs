@@ -14,8 +14,16 @@ use clap::Args;
 
 use crate::assets::{self, Asset};
 use crate::vmm::config::check_args;
-use crate::vmm::memory::ResidentProbe;
+use crate::vmm::memory::{HugePages, ResidentProbe};
 use crate::vmm::{ConsoleOutput, ExitCounts, Vm, VmConfig, VmExitReason, VmStats, DEFAULT_CMDLINE};
+
+fn parse_huge_pages(s: &str) -> Result<HugePages, String> {
+    match s {
+        "on" => Ok(HugePages::On),
+        "off" => Ok(HugePages::Off),
+        _ => Err(format!("{s:?} is neither on nor off")),
+    }
+}
 
 /// What the agent prints on the console when it is ready (then it powers off).
 pub const READY_MARKER: &str = "HUSK-AGENT-READY boottime_us=";
@@ -49,9 +57,9 @@ pub struct BootArgs {
     /// Give up (and stop the VM) if the agent is not ready after SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
-    /// Back guest RAM with the host's transparent huge page policy (measurements).
-    #[arg(long, hide = true)]
-    pub huge_pages: bool,
+    /// Back guest RAM with 2 MiB pages (on) or 4 KiB pages (off).
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_huge_pages, hide = true)]
+    pub huge_pages: HugePages,
 }
 
 /// The agent's ready line, as seen by the VMM.
@@ -240,6 +248,12 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
         console: ConsoleOutput::Sink(Box::new(watcher)),
         huge_pages: args.huge_pages,
     };
+    if std::env::var_os("HUSK_TRACE_SETUP").is_some() {
+        eprintln!(
+            "husk-trace: main after {:.1} ms",
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+    }
     let vm = Vm::new(config)?;
     let stats = vm.stats();
     let _ = stats_slot.set(stats.clone());
@@ -254,6 +268,8 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
     let watch_state = state.clone();
     let watchdog = std::thread::Builder::new()
         .name("husk-watchdog".into())
+        // Small: a default 2 MiB stack can become a resident huge page under THP.
+        .stack_size(128 << 10)
         .spawn(move || {
             let left = deadline.saturating_duration_since(Instant::now());
             if !matches!(done_rx.recv_timeout(left), Err(RecvTimeoutError::Timeout)) {

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::devices::serial::ConsoleSink;
+use super::memory::HugePages;
 
 /// husk's kernel command line; callers append to it (see [`VmConfig::cmdline`]).
 ///
@@ -66,9 +67,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// The serial console's destination.
     pub console: ConsoleOutput,
-    /// Let the host's transparent huge page policy apply to guest RAM (default: off, see
-    /// [`crate::vmm::memory`]).
-    pub huge_pages: bool,
+    /// Whether guest RAM is backed by 2 MiB pages (see [`crate::vmm::memory`]).
+    pub huge_pages: HugePages,
 }
 
 impl VmConfig {
@@ -81,7 +81,7 @@ impl VmConfig {
             initrd,
             cmdline: DEFAULT_CMDLINE.to_string(),
             console: ConsoleOutput::Discard,
-            huge_pages: false,
+            huge_pages: HugePages::default(),
         }
     }
 }

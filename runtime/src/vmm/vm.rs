@@ -21,13 +21,17 @@ use super::devices::i8042::{ResetTrigger, I8042};
 use super::devices::serial::{Discard, IrqTrigger, SerialDevice};
 use super::devices::{Bus, SharedDevice};
 use super::host::{detect_kvm, mem_total_mib, HostKvm};
-use super::memory::{create_guest_memory, register_with_kvm, HugePages, ResidentProbe};
+use super::memory::{create_guest_memory, register_with_kvm, GuestRam, ResidentProbe};
 use super::resources::{MmioSlot, ResourceAllocator};
 use super::stats::VmStats;
 use super::vcpu::{
     install_kick_handler, vcpu_thread, Shared, VcpuContext, VcpuError, VmExitReason,
 };
 use super::{loader, Error};
+
+/// Stack of a vCPU thread: device emulation is shallow. Kept under 2 MiB on purpose: on a
+/// host with THP "always", Rust's default 2 MiB stack becomes one resident huge page.
+const VCPU_STACK_SIZE: usize = 512 << 10;
 
 /// Stops a VM from another thread (a watchdog, a signal handler thread, an API call).
 #[derive(Clone)]
@@ -53,9 +57,30 @@ pub struct Vm {
     shared: Arc<Shared>,
     vm_fd: Arc<VmFd>,
     _kvm: Kvm,
-    memory: GuestMemoryMmap,
+    memory: Arc<GuestRam>,
     mem_size: u64,
     initrd: Option<InitrdPlacement>,
+}
+
+/// With HUSK_TRACE_SETUP set, prints how long each setup phase took to stderr (a
+/// developer aid for finding where VM creation spends its time).
+struct SetupTrace(Option<std::time::Instant>);
+
+impl SetupTrace {
+    fn from_env() -> Self {
+        Self(std::env::var_os("HUSK_TRACE_SETUP").map(|_| std::time::Instant::now()))
+    }
+
+    fn mark(&mut self, phase: &str) {
+        if let Some(t) = &mut self.0 {
+            let now = std::time::Instant::now();
+            eprintln!(
+                "husk-trace: {phase} {:.1} ms",
+                (now - *t).as_secs_f64() * 1000.0
+            );
+            *t = now;
+        }
+    }
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -73,6 +98,7 @@ impl Vm {
 
     /// [`Vm::new`] with the host's /proc and /sys read under `root`.
     pub fn new_on_host(config: VmConfig, root: &Path) -> Result<Self, Error> {
+        let mut trace = SetupTrace::from_env();
         // The caller's mistakes first: they do not depend on the host.
         check_vcpus(config.vcpus, MAX_VCPUS)?;
         check_memory(config.memory_mib, mem_total_mib(root))?;
@@ -88,18 +114,17 @@ impl Vm {
         // Guest memory is plain mmap: load the kernel and initrd into it before KVM is
         // touched, so a file that is not a kernel is named as such on any host.
         let mem_size = config.memory_mib << 20;
-        let huge = if config.huge_pages {
-            HugePages::HostDefault
-        } else {
-            HugePages::Off
-        };
+        let huge = config.huge_pages;
+        trace.mark("checks");
         let memory = create_guest_memory(mem_size, huge)?;
 
+        trace.mark("mmap");
         let kernel = loader::load_kernel(&memory, &config.kernel)?;
         let initrd = match &config.initrd {
             Some(path) => Some(loader::load_initrd(&memory, path, mem_size, kernel.end)?),
             None => None,
         };
+        trace.mark("kernel+initrd load");
         if detect_kvm(root) == HostKvm::Pvm {
             return Err(Error::PvmHost);
         }
@@ -125,6 +150,7 @@ impl Vm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
 
+        trace.mark("kvm open+caps");
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
@@ -146,6 +172,7 @@ impl Vm {
         })?;
         mptable::write(&memory, vcpus)?;
 
+        trace.mark("vm+irqchip+slots+tables");
         let shared = Shared::new(vcpus.into());
         let stats = VmStats::new(vcpus.into());
         let mut vcpu_fds = Vec::with_capacity(vcpus.into());
@@ -166,6 +193,7 @@ impl Vm {
             vcpu_fds.push(fd);
         }
 
+        trace.mark("vcpus");
         let mut pio = Bus::new();
         let serial_evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         vm_fd
@@ -185,6 +213,7 @@ impl Vm {
             })))));
         pio.insert(i8042, I8042_PORT.into(), I8042_PORT_LEN.into())?;
 
+        trace.mark("devices");
         Ok(Self {
             vcpus: vcpu_fds,
             pio,
@@ -245,8 +274,12 @@ impl Vm {
     /// Runs the VM until the guest is gone (reset, triple fault), a vCPU fails, or a
     /// [`StopHandle`] stops it. Every vCPU thread has been joined when this returns.
     pub fn run(self) -> Result<VmExitReason, Error> {
-        linux_loader::loader::load_cmdline(&self.memory, GuestAddress(CMDLINE_ADDR), &self.cmdline)
-            .map_err(|e| Error::Cmdline(e.to_string()))?;
+        linux_loader::loader::load_cmdline(
+            &**self.memory,
+            GuestAddress(CMDLINE_ADDR),
+            &self.cmdline,
+        )
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
         pvh::write_start_info(&self.memory, self.mem_size, self.initrd)?;
         install_kick_handler()?;
 
@@ -275,6 +308,7 @@ impl Vm {
             let index = index as u8;
             let spawned = std::thread::Builder::new()
                 .name(format!("husk-vcpu{index}"))
+                .stack_size(VCPU_STACK_SIZE)
                 .spawn(move || vcpu_thread(fd, index, ctx));
             match spawned {
                 Ok(t) => threads.push(t),
