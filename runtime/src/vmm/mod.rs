@@ -42,6 +42,8 @@ pub enum Error {
     Loader(#[from] loader::LoaderError),
     #[error("this host's KVM is PVM, which cannot run a stock guest kernel: use a host with hardware virtualization (VMX/SVM) or run husk inside tests/testbed/run")]
     PvmHost,
+    #[error("the kernel loader thread panicked")]
+    LoaderPanicked,
     #[error("cannot open /dev/kvm: {0}")]
     OpenKvm(kvm_ioctls::Error),
     #[error("this host's KVM lacks {0}, which husk needs")]

@@ -83,6 +83,73 @@ impl SetupTrace {
     }
 }
 
+/// Stack of the thread that reads the kernel into guest memory.
+const LOADER_STACK_SIZE: usize = 256 << 10;
+
+/// The KVM side of a VM: the VM with its in-kernel irqchip and PIT, guest memory
+/// registered, and configured vCPUs (all but the boot vCPU's entry registers, which need
+/// the kernel).
+struct KvmVm {
+    kvm: Kvm,
+    vm_fd: Arc<VmFd>,
+    vcpus: Vec<VcpuFd>,
+}
+
+impl KvmVm {
+    fn create(vcpus: u32, memory: &GuestRam) -> Result<Self, Error> {
+        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        check_vcpus(vcpus, max_vcpus)?;
+        // Bounded by check_vcpus (<= 254).
+        let vcpus = vcpus as u8;
+        for (cap, name) in [
+            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+            (Cap::Irqfd, "KVM_CAP_IRQFD"),
+            (Cap::Pit2, "KVM_CAP_PIT2"),
+            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
+        ] {
+            if !kvm.check_extension(cap) {
+                return Err(Error::MissingCap(name));
+            }
+        }
+        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
+        let supported_cpuid = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+
+        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        vm_fd
+            .set_tss_address(KVM_TSS_ADDR as usize)
+            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        vm_fd
+            .create_irq_chip()
+            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
+        vm_fd
+            .create_pit2(kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            })
+            .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        register_with_kvm(&vm_fd, memory)?;
+
+        let mut fds = Vec::with_capacity(vcpus.into());
+        for index in 0..vcpus {
+            let fd = vm_fd
+                .create_vcpu(index.into())
+                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            configure_vcpu(&fd, index, vcpus, &supported_cpuid, tsc_deadline)
+                .map_err(|source| Error::Arch { cpu: index, source })?;
+            fds.push(fd);
+        }
+        Ok(Self {
+            kvm,
+            vm_fd,
+            vcpus: fds,
+        })
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
@@ -111,86 +178,63 @@ impl Vm {
         cmdline
             .insert_str(&config.cmdline)
             .map_err(|e| Error::Cmdline(e.to_string()))?;
-        // Guest memory is plain mmap: load the kernel and initrd into it before KVM is
-        // touched, so a file that is not a kernel is named as such on any host.
         let mem_size = config.memory_mib << 20;
-        let huge = config.huge_pages;
         trace.mark("checks");
-        let memory = create_guest_memory(mem_size, huge)?;
-
+        let memory = create_guest_memory(mem_size, config.huge_pages)?;
         trace.mark("mmap");
-        let kernel = loader::load_kernel(&memory, &config.kernel)?;
-        let initrd = match &config.initrd {
-            Some(path) => Some(loader::load_initrd(&memory, path, mem_size, kernel.end)?),
-            None => None,
-        };
-        trace.mark("kernel+initrd load");
-        if detect_kvm(root) == HostKvm::Pvm {
-            return Err(Error::PvmHost);
-        }
 
-        let kvm = Kvm::new().map_err(Error::OpenKvm)?;
-        let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
-        check_vcpus(config.vcpus, max_vcpus)?;
+        // Reading the kernel and initrd into guest memory and creating the KVM VM are
+        // independent and each takes a good part of setup: do them at once. File errors
+        // win over host errors, so a file that is not a kernel is named as such anywhere.
+        let (loaded, kvm) = std::thread::scope(|scope| {
+            let load = || -> Result<_, Error> {
+                let kernel = loader::load_kernel(&memory, &config.kernel)?;
+                let initrd = match &config.initrd {
+                    Some(path) => Some(loader::load_initrd(&memory, path, mem_size, kernel.end)?),
+                    None => None,
+                };
+                Ok((kernel, initrd))
+            };
+            let loader_thread = std::thread::Builder::new()
+                .name("husk-loader".into())
+                .stack_size(LOADER_STACK_SIZE)
+                .spawn_scoped(scope, load);
+            let kvm = if detect_kvm(root) == HostKvm::Pvm {
+                Err(Error::PvmHost)
+            } else {
+                KvmVm::create(config.vcpus, &memory)
+            };
+            let loaded = match loader_thread {
+                Ok(t) => t.join().unwrap_or(Err(Error::LoaderPanicked)),
+                // No thread: load here instead.
+                Err(_) => load(),
+            };
+            (loaded, kvm)
+        });
+        let (kernel, initrd) = loaded?;
+        let KvmVm {
+            kvm,
+            vm_fd,
+            vcpus: vcpu_fds,
+        } = kvm?;
+        trace.mark("kernel+initrd load || kvm vm+vcpus");
         // Bounded by check_vcpus (<= 254).
         let vcpus = config.vcpus as u8;
-        for (cap, name) in [
-            (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
-            (Cap::Irqfd, "KVM_CAP_IRQFD"),
-            (Cap::Pit2, "KVM_CAP_PIT2"),
-            (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
-            (Cap::ImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"),
-        ] {
-            if !kvm.check_extension(cap) {
-                return Err(Error::MissingCap(name));
-            }
-        }
-        let tsc_deadline = kvm.check_extension(Cap::TscDeadlineTimer);
-        let supported_cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-
-        trace.mark("kvm open+caps");
-        let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
-        vm_fd
-            .set_tss_address(KVM_TSS_ADDR as usize)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
-        vm_fd
-            .create_irq_chip()
-            .map_err(kvm_err("KVM_CREATE_IRQCHIP"))?;
-        vm_fd
-            .create_pit2(kvm_pit_config {
-                flags: KVM_PIT_SPEAKER_DUMMY,
-                ..Default::default()
-            })
-            .map_err(kvm_err("KVM_CREATE_PIT2"))?;
-        register_with_kvm(&vm_fd, &memory)?;
-
         regs::write_boot_tables(&memory).map_err(|e| Error::Arch {
             cpu: 0,
             source: e.into(),
         })?;
         mptable::write(&memory, vcpus)?;
-
-        trace.mark("vm+irqchip+slots+tables");
+        if let Some(bsp) = vcpu_fds.first() {
+            regs::setup_boot_vcpu(bsp, kernel.entry).map_err(|e| Error::Arch {
+                cpu: 0,
+                source: e.into(),
+            })?;
+        }
         let shared = Shared::new(vcpus.into());
         let stats = VmStats::new(vcpus.into());
-        let mut vcpu_fds = Vec::with_capacity(vcpus.into());
-        for index in 0..vcpus {
-            let fd = vm_fd
-                .create_vcpu(index.into())
-                .map_err(kvm_err("KVM_CREATE_VCPU"))?;
-            configure_vcpu(
-                &fd,
-                index,
-                vcpus,
-                &supported_cpuid,
-                tsc_deadline,
-                kernel.entry,
-            )
-            .map_err(|source| Error::Arch { cpu: index, source })?;
-            stats.attach_kernel_counter(index.into(), &fd);
-            vcpu_fds.push(fd);
+        for (index, fd) in vcpu_fds.iter().enumerate() {
+            stats.attach_kernel_counter(index, fd);
         }
 
         trace.mark("vcpus");

@@ -32,15 +32,15 @@ pub enum ArchError {
 }
 
 /// Programs vCPU `index` of `vcpus`: its CPUID (from KVM's supported set), boot MSRs,
-/// LAPIC LINT pins, FPU; the boot vCPU (index 0) gets the PVH entry registers and runs,
-/// the others wait for INIT/SIPI from it.
+/// LAPIC LINT pins, FPU; the boot vCPU (index 0) is runnable (its PVH entry registers are
+/// set by [`regs::setup_boot_vcpu`] once the kernel is loaded), the others wait for
+/// INIT/SIPI from it.
 pub fn configure_vcpu(
     vcpu: &VcpuFd,
     index: u8,
     vcpus: u8,
     supported_cpuid: &CpuId,
     tsc_deadline: bool,
-    pvh_entry: u64,
 ) -> Result<(), ArchError> {
     let mut cpuid = supported_cpuid.clone();
     cpuid::filter(cpuid.as_mut_slice(), index, vcpus, tsc_deadline);
@@ -49,7 +49,6 @@ pub fn configure_vcpu(
     interrupts::setup_lapic(vcpu)?;
     regs::setup_fpu(vcpu)?;
     let mp_state = if index == 0 {
-        regs::setup_boot_vcpu(vcpu, pvh_entry)?;
         KVM_MP_STATE_RUNNABLE
     } else {
         KVM_MP_STATE_UNINITIALIZED
