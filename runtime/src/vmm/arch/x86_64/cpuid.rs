@@ -60,6 +60,35 @@ pub fn vendor(entries: &[kvm_cpuid_entry2]) -> Vendor {
     }
 }
 
+/// `KVM_CPUID_FLAG_SIGNIFCANT_INDEX` (sic, include/uapi/linux/kvm.h): the entry is
+/// selected by ECX too.
+const KVM_CPUID_FLAG_SIGNIFCANT_INDEX: u32 = 1;
+
+/// Makes sure the topology leaves (0xb, and 0x1f if present) have the SMT, core and
+/// terminating subleaves [`filter`] fills in. KVM copies the host's subleaves, and a host
+/// (or a nested hypervisor) may report only the SMT level: the guest would then see no
+/// core level and take every vCPU for a package of its own.
+pub fn add_topology_subleaves(entries: &mut Vec<kvm_cpuid_entry2>) {
+    for leaf in [LEAF_EXT_TOPOLOGY, LEAF_V2_EXT_TOPOLOGY] {
+        if !entries.iter().any(|e| e.function == leaf) {
+            continue;
+        }
+        for index in 0..3 {
+            if !entries
+                .iter()
+                .any(|e| e.function == leaf && e.index == index)
+            {
+                entries.push(kvm_cpuid_entry2 {
+                    function: leaf,
+                    index,
+                    flags: KVM_CPUID_FLAG_SIGNIFCANT_INDEX,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+}
+
 /// Bits needed to number `n` items (ceil(log2(n))), the APIC-id shift of a topology level.
 fn id_bits(n: u32) -> u32 {
     if n <= 1 {
@@ -254,6 +283,19 @@ mod tests {
         assert_eq!(get(&e, 0xa, 0).eax, 0, "no PMU");
         assert!(has_kvm_signature(&e), "KVM leaves kept");
         assert_eq!(get(&e, 0x8000_0001, 0).ecx, 1, "SVM hidden, rest kept");
+    }
+
+    #[test]
+    fn missing_topology_subleaves_are_added() {
+        let mut e = host_like(b"AuthenticAMD");
+        e.retain(|x| !(x.function == 0xb && x.index > 0));
+        add_topology_subleaves(&mut e);
+        filter(&mut e, 1, 2, false);
+        let core = get(&e, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (1, 2, 0x201, 1));
+        assert_eq!(core.flags, KVM_CPUID_FLAG_SIGNIFCANT_INDEX);
+        assert_eq!(get(&e, 0xb, 2).ecx, 2);
+        assert!(!e.iter().any(|x| x.function == 0x1f), "0x1f not invented");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use kvm_ioctls::VcpuFd;
 /// Errors configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
 pub enum ArchError {
+    #[error("cannot build the CPUID list: {0}")]
+    CpuidList(vmm_sys_util::fam::Error),
     #[error("cannot set CPUID: {0}")]
     SetCpuid(kvm_ioctls::Error),
     #[error(transparent)]
@@ -42,8 +44,10 @@ pub fn configure_vcpu(
     supported_cpuid: &CpuId,
     tsc_deadline: bool,
 ) -> Result<(), ArchError> {
-    let mut cpuid = supported_cpuid.clone();
-    cpuid::filter(cpuid.as_mut_slice(), index, vcpus, tsc_deadline);
+    let mut entries = supported_cpuid.as_slice().to_vec();
+    cpuid::add_topology_subleaves(&mut entries);
+    cpuid::filter(&mut entries, index, vcpus, tsc_deadline);
+    let cpuid = CpuId::from_entries(&entries).map_err(ArchError::CpuidList)?;
     vcpu.set_cpuid2(&cpuid).map_err(ArchError::SetCpuid)?;
     msr::setup_msrs(vcpu)?;
     interrupts::setup_lapic(vcpu)?;
