@@ -9,7 +9,7 @@ OUT      := target/release
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT    := target/$(AGENT_TARGET)/agent/husk-agent
 
-.PHONY: all deps husk agent kernel initramfs test lint unit-test kernel-check vm-test install clean
+.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test kernel-check vm-test install clean
 
 all: husk kernel initramfs
 
@@ -24,6 +24,11 @@ agent:
 	@echo "husk: building the guest agent (static)" >&2
 	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
 	  $(CARGO) build --profile agent --target $(AGENT_TARGET) -p husk-agent
+
+# Static probe programs the VM tests boot as /init (tests/guest).
+guest-tests:
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' \
+	  $(CARGO) build --profile agent --target $(AGENT_TARGET) -p husk-guest-tests
 
 kernel: deps
 	kernel-config/build.sh $(OUT)
@@ -43,7 +48,7 @@ unit-test:
 kernel-check: kernel
 	kernel-config/check-config.sh kernel-config/husk.config $(OUT)/vmlinux.config
 
-vm-test: all
+vm-test: all guest-tests
 	tests/run-vm-tests.sh
 
 install: all

@@ -179,3 +179,24 @@ pub fn host_kvm_is_pvm() -> bool {
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "svm" || f == "vmx"))
 }
+
+/// An initramfs whose /init is the static guest probe `name` (tests/guest/src/bin/NAME.rs,
+/// built by `make guest-tests`), written under the system temp dir. Returns its path.
+pub fn probe_initramfs(name: &str) -> PathBuf {
+    let probe = repo_root()
+        .join("target/x86_64-unknown-linux-gnu/agent")
+        .join(name);
+    assert!(
+        probe.exists(),
+        "{} is missing: run `make guest-tests` first",
+        probe.display()
+    );
+    let out = std::env::temp_dir().join(format!("husk-probe-{name}-{}.cpio", std::process::id()));
+    let status = Command::new(repo_root().join("target/release/husk-mkinitramfs"))
+        .arg(&probe)
+        .arg(&out)
+        .status()
+        .expect("run husk-mkinitramfs");
+    assert!(status.success(), "husk-mkinitramfs {name} failed");
+    out
+}

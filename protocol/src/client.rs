@@ -148,6 +148,20 @@ impl<S: Read + Write> Client<S> {
         self.call_ok(Request::CloseStdin { process })
     }
 
+    /// Mounts virtio-fs share `tag` at guest path `target`.
+    pub fn mount_share(
+        &mut self,
+        tag: &str,
+        target: &str,
+        read_only: bool,
+    ) -> Result<(), ProtocolError> {
+        self.call_ok(Request::MountShare {
+            tag: tag.to_owned(),
+            target: target.to_owned(),
+            read_only,
+        })
+    }
+
     /// Asks the agent to power the VM off; returns once it has acknowledged.
     pub fn shutdown(&mut self) -> Result<(), ProtocolError> {
         self.call_ok(Request::Shutdown)

@@ -141,6 +141,16 @@ pub enum Request {
     },
     /// EOF on the process's stdin, even if the host's stdin stream stays open.
     CloseStdin { process: ProcessRef },
+    /// Mount the virtio-fs share `tag` at the guest path `target` (created if missing),
+    /// read-only with `read_only` (the host enforces it too). Shares are how the host's
+    /// rootfs and volumes reach the guest: the host mounts the rootfs share first and names
+    /// its `target` as the `root.path` of `CreateContainer`. `Response::Ok`.
+    MountShare {
+        tag: String,
+        target: String,
+        #[serde(default)]
+        read_only: bool,
+    },
     /// Sync and power the VM off after answering `Response::Ok`.
     Shutdown,
 }
@@ -158,6 +168,7 @@ impl Request {
             Request::Wait { .. } => "wait",
             Request::ResizeTty { .. } => "resize_tty",
             Request::CloseStdin { .. } => "close_stdin",
+            Request::MountShare { .. } => "mount_share",
             Request::Shutdown => "shutdown",
         }
     }
