@@ -43,7 +43,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "|---|---|---|---|"
     echo "| wall ms, launch to agent ready (median) | $h_ready | $q_ready | $(ratio "$h_ready" "$q_ready") |"
     echo "| wall ms, launch to exit (median) | $h_exit | $q_exit | $(ratio "$h_exit" "$q_exit") |"
-    echo "| VM exits, whole run (KVM debugfs) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
+    echo "| VM exits, whole run (perf, kvm:kvm_exit) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
     echo "| VM exits to agent ready (husk's own count) | $h_own_exits | | |"
     echo "| peak RSS KiB (time -v) | $h_rss | $q_rss | $(ratio "$h_rss" "$q_rss") |"
   } >"$table"
@@ -53,8 +53,13 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   exit 0
 fi
 
-# Inside: the measurements. The kernel command line is husk's default for both, except
+# Inside: the measurements (RESULTS: the directory the host side gave).
+: "${RESULTS:?}"
+# The measurements. The kernel command line is husk's default for both, except
 # how the guest ends: qemu microvm has no i8042, so its guest triple-faults out.
+qemu_cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
+  tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
+[[ $qemu_cmdline == console=ttyS0* ]] || { echo "bench/boot.sh: cannot read husk's DEFAULT_CMDLINE" >&2; exit 1; }
 for i in $(seq "$runs"); do
   bd=$(mktemp)
   r=$(TTM_LOG=$bd time_to_marker HUSK-AGENT-READY "$out/husk" vm boot --console /dev/stdout)
@@ -64,7 +69,7 @@ for i in $(seq "$runs"); do
   r=$(time_to_marker HUSK-AGENT-READY qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off \
       -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio \
       -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio" \
-      -append "${QEMU_CMDLINE:-console=ttyS0 reboot=t panic=-1 quiet}")
+      -append "${QEMU_CMDLINE:-$qemu_cmdline}")
   echo "$r" >>"$RESULTS/qemu"
   echo "run $i: husk $(tail -n1 "$RESULTS/husk") | qemu $(tail -n1 "$RESULTS/qemu")" >&2
 done

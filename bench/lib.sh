@@ -1,4 +1,4 @@
-# Shared by bench/*.sh: medians, timing a command to a marker line, RSS, VM exits.
+# Shared by bench/*.sh: medians, timing a command to a marker line, RSS, VM exits (perf).
 # shellcheck shell=bash
 
 # median: reads numbers (one per line) on stdin, prints their median.
@@ -10,33 +10,26 @@ median() {
 
 now_ns() { date +%s%N; }
 
-# KVM's global exit counter (all VMs on this host, handled in the kernel or not); the
-# bench runs one VM at a time, so a difference is that VM's exits.
-kvm_exits() {
-  if [ ! -e /sys/kernel/debug/kvm/exits ]; then
-    mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null || true
-  fi
-  cat /sys/kernel/debug/kvm/exits 2>/dev/null || echo 0
-}
-
 # time_to_marker MARKER CMD...: runs CMD under /usr/bin/time -v with its stdout read line
-# by line (kept in $TTM_LOG if set); prints "<ms to marker> <ms to exit> <peak RSS KiB> <exit status> <vm exits>".
+# by line (kept in $TTM_LOG if set); prints "<ms to marker> <ms to exit> <peak RSS KiB>
+# <exit status> <vm exits>". VM exits are the kvm:kvm_exit tracepoint counted by perf for
+# CMD's threads over its whole run (KVM's debugfs totals only cover VMs still alive).
 time_to_marker() {
   local marker=$1; shift
-  local tv; tv=$(mktemp)
-  local e0 t0 t_mark="" t_end status line
-  e0=$(kvm_exits)
+  local tv pf; tv=$(mktemp); pf=$(mktemp)
+  local t0 t_mark="" t_end status line
   t0=$(now_ns)
   while IFS= read -r line; do
     if [ -z "$t_mark" ] && [[ $line == *"$marker"* ]]; then t_mark=$(now_ns); fi
     if [ -n "${TTM_LOG:-}" ]; then printf '%s\n' "$line" >>"$TTM_LOG"; fi
-  done < <(/usr/bin/time -v -o "$tv" "$@" 2>/dev/null; echo "__status $?")
+  done < <(perf stat -e kvm:kvm_exit -x, -o "$pf" -- /usr/bin/time -v -o "$tv" "$@" 2>/dev/null; echo "__status $?")
   t_end=$(now_ns)
   status=$(grep -o 'Exit status: [0-9]*' "$tv" | awk '{print $3}')
   local rss; rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tv")
-  rm -f "$tv"
+  local exits; exits=$(awk -F, '$3 == "kvm:kvm_exit" {print $1}' "$pf")
+  rm -f "$tv" "$pf"
   [ -n "$t_mark" ] || t_mark=$t_end
-  echo "$(( (t_mark - t0) / 1000000 )) $(( (t_end - t0) / 1000000 )) ${rss:-0} ${status:-1} $(( $(kvm_exits) - e0 ))"
+  echo "$(( (t_mark - t0) / 1000000 )) $(( (t_end - t0) / 1000000 )) ${rss:-0} ${status:-1} ${exits:-0}"
 }
 
 # replace_section FILE NAME CONTENT_FILE: puts CONTENT_FILE between the markers

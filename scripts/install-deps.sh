@@ -6,9 +6,9 @@ set -euo pipefail
 log() { echo "husk deps: $*" >&2; }
 
 # Packages for the guest kernel, the initramfs, the test bed (kmod: its module tree)
-# and the benchmarks.
+# and the benchmarks (linux-perf: VM exit counts).
 pkgs_main=(linux-source-6.12 bc flex bison libelf-dev libssl-dev cpio xz-utils zstd
-  busybox-static time build-essential kmod)
+  busybox-static time build-essential kmod linux-perf strace)
 # QEMU 10 comes from bookworm-backports (7.2 works but warns on every nested boot).
 pkgs_bpo=(qemu-system-x86 qemu-system-data qemu-system-common seabios)
 
