@@ -79,6 +79,8 @@ mod pending {
     pub const REQUEST: u8 = 1 << 2;
     pub const RW: u8 = 1 << 3;
     pub const CREDIT_UPDATE: u8 = 1 << 4;
+    /// SHUTDOWN(RCV|SEND): the host closed after an earlier half-close.
+    pub const SHUTDOWN: u8 = 1 << 5;
 }
 
 #[derive(Debug)]
@@ -184,10 +186,6 @@ impl Connection {
         )
     }
 
-    pub fn state(&self) -> ConnState {
-        self.state
-    }
-
     pub fn fd(&self) -> RawFd {
         self.stream.as_raw_fd()
     }
@@ -209,11 +207,6 @@ impl Connection {
     pub fn guest_credit(&self) -> u32 {
         let in_flight = (self.rx_cnt - self.guest_fwd_cnt).0;
         self.guest_buf_alloc.saturating_sub(in_flight)
-    }
-
-    /// Guest-to-host bytes accepted but not yet written to the host socket.
-    pub fn buffered(&self) -> usize {
-        self.tx_buf.len()
     }
 
     /// The epoll interest the host socket needs now; `None` when it needs none at all (not
@@ -277,7 +270,10 @@ impl Connection {
                     // The host can read nothing more we send; what it wrote before closing
                     // is still delivered, up to the end of file.
                     self.tx_buf.clear();
-                    if !self.host_eof {
+                    if self.host_eof {
+                        // The guest heard SEND already; now it must stop sending too.
+                        self.pending |= pending::SHUTDOWN;
+                    } else {
                         self.pending |= pending::RW;
                     }
                 }
@@ -484,6 +480,13 @@ impl Connection {
         if self.take(pending::REQUEST) {
             self.expiry = Some(Instant::now() + REQUEST_TIMEOUT);
             return Some(header(uapi::VIRTIO_VSOCK_OP_REQUEST));
+        }
+        if self.take(pending::SHUTDOWN) {
+            let mut h = header(uapi::VIRTIO_VSOCK_OP_SHUTDOWN);
+            h.flags = uapi::VIRTIO_VSOCK_SHUTDOWN_RCV | uapi::VIRTIO_VSOCK_SHUTDOWN_SEND;
+            self.state = ConnState::LocalClosed;
+            self.expiry = Some(Instant::now() + SHUTDOWN_TIMEOUT);
+            return Some(h);
         }
         if self.take(pending::RW) {
             if let Some(h) = self.read_host_data(rx, mem, header(uapi::VIRTIO_VSOCK_OP_RW)) {

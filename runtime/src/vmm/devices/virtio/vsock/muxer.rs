@@ -91,14 +91,6 @@ impl VsockMuxer {
         &self.epoll
     }
 
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
-    }
-
-    pub fn connection(&self, key: ConnKey) -> Option<&Connection> {
-        self.conns.get(&key)
-    }
-
     /// Whether a packet is owed to the guest (an RX buffer would be used).
     pub fn has_pending_rx(&self) -> bool {
         !self.rsts.is_empty() || !self.rx_ready.is_empty()

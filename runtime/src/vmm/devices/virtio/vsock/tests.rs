@@ -451,6 +451,30 @@ fn host_connects_with_a_handshake_and_half_closes() {
 }
 
 #[test]
+fn a_host_close_after_a_half_close_stops_the_guest_sending_too() {
+    let mut h = Harness::new("halfthenclose");
+    let (client, hp) = host_connect(&mut h, 5006);
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    let (shut, _) = h.expect(VIRTIO_VSOCK_OP_SHUTDOWN);
+    assert_eq!(shut.flags, VIRTIO_VSOCK_SHUTDOWN_SEND);
+    drop(client);
+    let (shut, _) = h.expect(VIRTIO_VSOCK_OP_SHUTDOWN);
+    assert_eq!(
+        shut.flags,
+        VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND
+    );
+    // The guest closes its end: our RST ends it, and the connection is gone (a packet
+    // for it is now answered as for an unknown one).
+    let mut bye = guest_hdr(VIRTIO_VSOCK_OP_SHUTDOWN, 5006, hp);
+    bye.flags = VIRTIO_VSOCK_SHUTDOWN_RCV | VIRTIO_VSOCK_SHUTDOWN_SEND;
+    h.send(bye, &[]);
+    h.expect(VIRTIO_VSOCK_OP_RST);
+    h.send(rw(5006, hp, b"late"), b"late");
+    h.expect(VIRTIO_VSOCK_OP_RST);
+    h.expect_silence(Duration::from_millis(100));
+}
+
+#[test]
 fn host_connect_refused_by_the_guest_or_malformed_closes_the_socket() {
     let mut h = Harness::new("refused");
     let mut client = UnixStream::connect(&h.uds).unwrap();
