@@ -20,7 +20,7 @@ use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -49,6 +49,13 @@ pub const MAX_PENDING_RSTS: usize = 256;
 /// Host ports for host-initiated connections start here (as in Firecracker: well above the
 /// ports host services listen on).
 const FIRST_HOST_PORT: u32 = 1 << 30;
+/// A host client must send its `CONNECT` line this soon after connecting.
+#[cfg(not(test))]
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+#[cfg(test)]
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long accepting pauses after an accept error.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
 pub struct VsockMuxer {
     guest_cid: u64,
@@ -56,7 +63,11 @@ pub struct VsockMuxer {
     epoll: Epoll,
     conns: HashMap<ConnKey, Connection>,
     by_fd: HashMap<RawFd, ConnKey>,
-    handshakes: HashMap<RawFd, (UnixStream, HandshakeReader)>,
+    /// Host clients that have not sent their `CONNECT` line yet, with their deadline.
+    handshakes: HashMap<RawFd, (UnixStream, HandshakeReader, Instant)>,
+    /// Set while accepting is paused after an error (e.g. out of fds: the listener would
+    /// stay readable and spin the level-triggered loop); when to try again.
+    accept_retry: Option<Instant>,
     rx_ready: VecDeque<ConnKey>,
     rsts: VecDeque<PacketHeader>,
     deadlines: BinaryHeap<Reverse<(Instant, ConnKey)>>,
@@ -78,6 +89,7 @@ impl VsockMuxer {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             handshakes: HashMap::new(),
+            accept_retry: None,
             rx_ready: VecDeque::new(),
             rsts: VecDeque::new(),
             deadlines: BinaryHeap::new(),
@@ -134,14 +146,21 @@ impl VsockMuxer {
                         guest_log!("cannot poll a host client: {e}");
                         continue;
                     }
+                    let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
                     self.handshakes
-                        .insert(fd, (stream, HandshakeReader::default()));
+                        .insert(fd, (stream, HandshakeReader::default(), deadline));
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    // EMFILE and the like: the client stays in the backlog; try again on
-                    // the next event rather than spinning.
+                    // EMFILE and the like: the client stays in the backlog. The listener
+                    // stays readable, so stop polling it for a moment instead of spinning.
                     guest_log!("cannot accept on {}: {e}", self.listener.path().display());
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        self.listener.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                    self.accept_retry = Some(Instant::now() + ACCEPT_RETRY);
                     return;
                 }
             }
@@ -149,7 +168,7 @@ impl VsockMuxer {
     }
 
     fn continue_handshake(&mut self, fd: RawFd) {
-        let Some((stream, reader)) = self.handshakes.get_mut(&fd) else {
+        let Some((stream, reader, _)) = self.handshakes.get_mut(&fd) else {
             return;
         };
         let guest_port = match reader.read(stream) {
@@ -177,7 +196,7 @@ impl VsockMuxer {
     }
 
     fn end_handshake(&mut self, fd: RawFd) -> Option<UnixStream> {
-        let (stream, _) = self.handshakes.remove(&fd)?;
+        let (stream, _, _) = self.handshakes.remove(&fd)?;
         let _ = self
             .epoll
             .ctl(ControlOperation::Delete, fd, EpollEvent::default());
@@ -401,11 +420,20 @@ impl VsockMuxer {
         Ok(None)
     }
 
-    /// Milliseconds until the next connection timer, for `epoll_wait` (-1: none).
+    /// Milliseconds until the next timer (connections, handshakes, accept retry), for
+    /// `epoll_wait` (-1: none).
     pub fn next_timeout_ms(&self) -> i32 {
-        match self.deadlines.peek() {
+        let next = self
+            .deadlines
+            .peek()
+            .map(|Reverse((t, _))| *t)
+            .into_iter()
+            .chain(self.handshakes.values().map(|(_, _, t)| *t))
+            .chain(self.accept_retry)
+            .min();
+        match next {
             None => -1,
-            Some(Reverse((t, _))) => {
+            Some(t) => {
                 let left = t.saturating_duration_since(Instant::now());
                 // Round up: waking early only costs another wait.
                 (left.as_millis() + 1).min(i32::MAX as u128) as i32
@@ -415,6 +443,27 @@ impl VsockMuxer {
 
     /// Fires the timers that ran out.
     pub fn expire(&mut self, now: Instant) {
+        if self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept_retry = None;
+            let ev = EpollEvent::new(EventSet::IN, TOKEN_LISTENER);
+            if let Err(e) = self
+                .epoll
+                .ctl(ControlOperation::Add, self.listener.as_raw_fd(), ev)
+            {
+                guest_log!("cannot poll the vsock listener again: {e}");
+                self.accept_retry = Some(now + ACCEPT_RETRY);
+            }
+        }
+        let late: Vec<RawFd> = self
+            .handshakes
+            .iter()
+            .filter(|(_, (_, _, t))| *t <= now)
+            .map(|(fd, _)| *fd)
+            .collect();
+        for fd in late {
+            guest_log!("closing a host client that sent no CONNECT line in time");
+            self.end_handshake(fd);
+        }
         while let Some(Reverse((t, key))) = self.deadlines.peek().copied() {
             if t > now {
                 return;

@@ -495,6 +495,14 @@ fn host_connect_refused_by_the_guest_or_malformed_closes_the_socket() {
         assert_eq!(n, 0, "{:?}", String::from_utf8_lossy(line));
     }
     h.expect_silence(Duration::from_millis(100));
+
+    // A client that never sends its line is closed after the handshake timeout.
+    let mut silent = UnixStream::connect(&h.uds).unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    assert_eq!(silent.read_to_end(&mut buf).unwrap(), 0);
+    assert!(started.elapsed() >= super::muxer::HANDSHAKE_TIMEOUT / 2);
 }
 
 #[test]
