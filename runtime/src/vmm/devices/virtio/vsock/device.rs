@@ -5,10 +5,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use virtio_queue::{DescriptorChain, QueueOwnedT};
 use vm_memory::{GuestMemoryError, GuestMemoryMmap};
 use vmm_sys_util::epoll::{ControlOperation, EpollEvent, EventSet};
@@ -18,30 +16,22 @@ use super::muxer::{VsockMuxer, TOKEN_EVENT_QUEUE, TOKEN_RX_QUEUE, TOKEN_STOP, TO
 use super::packet::{RxBuffer, TxPacket};
 use super::unix::{UdsListener, VsockError};
 use super::{guest_log, uapi};
+use crate::vmm::devices::virtio::worker::DeviceWorker;
 use crate::vmm::devices::virtio::{
     ActivateError, Activation, ActiveQueue, Queue, QueueT, VirtioDevice, VirtioInterrupt,
-    TYPE_VSOCK, VIRTIO_F_VERSION_1,
+    TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
 /// The queues, in order: rx, tx, event (virtio 1.2, 5.10.2).
 const QUEUE_SIZES: [u16; 3] = [256; 3];
-/// Offered features: the ring's EVENT_IDX notification suppression (the device sets it on
-/// its queues itself at activation, from the acknowledged features).
-const FEATURE_EVENT_IDX: u64 = 1 << VIRTIO_RING_F_EVENT_IDX;
-/// The worker only runs the event loop: a small stack.
-const WORKER_STACK_SIZE: usize = 256 << 10;
 
 /// A virtio-vsock device whose host side is the unix socket at `uds_path` (see the module
 /// documentation of [`super`] for the conventions).
 pub struct Vsock {
     guest_cid: u64,
     listener: Arc<UdsListener>,
-    worker: Option<WorkerHandle>,
-}
-
-struct WorkerHandle {
-    stop: EventFd,
-    thread: JoinHandle<()>,
+    /// Dropping it stops and joins the worker.
+    worker: Option<DeviceWorker>,
 }
 
 impl Vsock {
@@ -68,23 +58,13 @@ impl Vsock {
     pub fn uds_path(&self) -> &Path {
         self.listener.path()
     }
-
-    fn stop_worker(&mut self) {
-        if let Some(w) = self.worker.take() {
-            // A write fails only if the counter would overflow: the worker is woken anyway.
-            let _ = w.stop.write(1);
-            if w.thread.join().is_err() {
-                eprintln!("husk: virtio-vsock: the worker thread panicked");
-            }
-        }
-    }
 }
 
 impl Drop for Vsock {
     fn drop(&mut self) {
-        // Joins the worker (which closes every connection); the listener's socket file
-        // goes with the last reference to it, which is this one.
-        self.stop_worker();
+        // Joins the worker (which closes every connection) before the listener goes: its
+        // socket file is removed with the last reference, this one.
+        self.worker = None;
     }
 }
 
@@ -98,7 +78,9 @@ impl VirtioDevice for Vsock {
     }
 
     fn features(&self) -> u64 {
-        VIRTIO_F_VERSION_1 | FEATURE_EVENT_IDX
+        // With EVENT_IDX acknowledged the transport enables it on the queues; the worker
+        // always completes through needs_notification, as that requires.
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -114,47 +96,29 @@ impl VirtioDevice for Vsock {
     }
 
     fn activate(&mut self, activation: Activation) -> Result<(), ActivateError> {
-        self.stop_worker();
+        self.worker = None;
+        // The transport checked every queue (in RAM, aligned, ready) and set EVENT_IDX on
+        // them if the driver acknowledged it.
         let Activation {
             memory,
             interrupt,
             queues,
-            acked_features,
+            acked_features: _,
         } = activation;
-        if queues.len() != QUEUE_SIZES.len() {
+        let got = queues.len();
+        let mut it = queues.into_iter();
+        let (Some(rx), Some(tx), Some(ev), None) = (it.next(), it.next(), it.next(), it.next())
+        else {
             return Err(ActivateError::QueueCount {
                 want: QUEUE_SIZES.len(),
-                got: queues.len(),
+                got,
             });
-        }
-        let event_idx = acked_features & FEATURE_EVENT_IDX != 0;
-        let mut queues: Vec<ActiveQueue> = queues;
-        for (i, q) in queues.iter_mut().enumerate() {
-            q.queue.set_event_idx(event_idx);
-            if !q.queue.is_valid(&memory) {
-                return Err(ActivateError::Backend(format!(
-                    "vsock queue {i} does not lie in guest memory"
-                )));
-            }
-        }
-        let mut it = queues.into_iter();
-        let (Some(rx), Some(tx), Some(ev)) = (it.next(), it.next(), it.next()) else {
-            unreachable!("three queues, checked above");
         };
-        let stop = EventFd::new(0).map_err(ActivateError::Worker)?;
         let muxer = VsockMuxer::new(self.guest_cid, self.listener.clone())
             .map_err(ActivateError::Worker)?;
-        let register = |fd: &EventFd, token| {
-            muxer.epoll().ctl(
-                ControlOperation::Add,
-                std::os::fd::AsRawFd::as_raw_fd(fd),
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        register(&stop, TOKEN_STOP)
-            .and_then(|_| register(&rx.notify, TOKEN_RX_QUEUE))
-            .and_then(|_| register(&tx.notify, TOKEN_TX_QUEUE))
-            .and_then(|_| register(&ev.notify, TOKEN_EVENT_QUEUE))
+        register(&muxer, &rx.notify, TOKEN_RX_QUEUE)
+            .and_then(|_| register(&muxer, &tx.notify, TOKEN_TX_QUEUE))
+            .and_then(|_| register(&muxer, &ev.notify, TOKEN_EVENT_QUEUE))
             .map_err(ActivateError::Worker)?;
         let worker = Worker {
             muxer,
@@ -163,21 +127,25 @@ impl VirtioDevice for Vsock {
             rx,
             tx,
             _event: ev,
-            stop: stop.try_clone().map_err(ActivateError::Worker)?,
             tx_paused: false,
         };
-        let thread = std::thread::Builder::new()
-            .name("husk-vsock".into())
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || worker.run())
+        let worker = DeviceWorker::spawn("husk-vsock".into(), move |stop| worker.run(stop))
             .map_err(ActivateError::Worker)?;
-        self.worker = Some(WorkerHandle { stop, thread });
+        self.worker = Some(worker);
         Ok(())
     }
 
     fn reset(&mut self) {
-        self.stop_worker();
+        self.worker = None;
     }
+}
+
+fn register(muxer: &VsockMuxer, fd: &EventFd, token: u64) -> io::Result<()> {
+    muxer.epoll().ctl(
+        ControlOperation::Add,
+        std::os::fd::AsRawFd::as_raw_fd(fd),
+        EpollEvent::new(EventSet::IN, token),
+    )
 }
 
 /// Why the worker stopped serving the queues (the device is then failed).
@@ -190,7 +158,7 @@ enum WorkerError {
     },
     #[error("cannot write an RX packet into guest memory: {0}")]
     Memory(#[from] GuestMemoryError),
-    #[error("epoll_wait failed: {0}")]
+    #[error("epoll failed: {0}")]
     Epoll(io::Error),
 }
 
@@ -228,19 +196,19 @@ struct Worker {
     /// Held so the driver's event buffers stay ours; husk sends no events (there is no
     /// migration to announce).
     _event: ActiveQueue,
-    stop: EventFd,
     /// TX processing waits for RX buffers (see [`VsockMuxer::tx_blocked`]).
     tx_paused: bool,
 }
 
 impl Worker {
-    fn run(mut self) {
-        if let Err(e) = self.event_loop() {
+    /// Serves until `stop` is signalled, or until a queue breaks: then the device is
+    /// failed, and returning closes every connection at once.
+    fn run(mut self, stop: EventFd) {
+        let result = register(&self.muxer, &stop, TOKEN_STOP)
+            .map_err(WorkerError::Epoll)
+            .and_then(|_| self.event_loop());
+        if let Err(e) = result {
             self.interrupt.fail(&e);
-            // Close every connection now; wait for the driver's reset or the device's drop.
-            let Worker { muxer, stop, .. } = self;
-            drop(muxer);
-            let _ = stop.read();
         }
     }
 
