@@ -17,6 +17,8 @@
 //!
 //! One folder per device: `rng/`, `vsock/`, `fs/`.
 
+pub mod fs;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
