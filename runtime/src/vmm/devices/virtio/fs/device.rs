@@ -198,3 +198,53 @@ impl VirtioDevice for VirtioFs {
         self.fs = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmm::devices::virtio::fs::test_utils::Scratch;
+
+    #[test]
+    fn tag_and_directory_are_validated() {
+        let scratch = Scratch::new("device");
+        let share = scratch.share();
+        assert!(matches!(
+            VirtioFs::new("", &share, false),
+            Err(FsError::EmptyTag)
+        ));
+        let long = "x".repeat(TAG_MAX_LEN + 1);
+        assert!(matches!(
+            VirtioFs::new(&long, &share, false),
+            Err(FsError::TagTooLong { len: 37, .. })
+        ));
+        let missing = scratch.top.join("missing");
+        let err = VirtioFs::new("t", &missing, false).err().unwrap();
+        assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+        let err = VirtioFs::new("t", &scratch.secret(), false).err().unwrap();
+        assert!(matches!(err, FsError::NotADirectory { .. }), "{err}");
+        assert!(err.to_string().contains("secret"));
+        VirtioFs::new(&"x".repeat(TAG_MAX_LEN), &share, true).unwrap();
+    }
+
+    #[test]
+    fn config_space_holds_the_tag_and_one_request_queue() {
+        let scratch = Scratch::new("config");
+        let fs = VirtioFs::new("rootfs", &scratch.share(), false).unwrap();
+        assert_eq!(fs.device_type(), 26);
+        assert_eq!(fs.queue_max_sizes().len(), 2);
+        assert_eq!(fs.features(), VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX);
+        let mut tag = [0xffu8; 36];
+        fs.read_config(0, &mut tag);
+        assert_eq!(&tag[..6], b"rootfs");
+        assert!(tag[6..].iter().all(|&b| b == 0));
+        let mut queues = [0u8; 4];
+        fs.read_config(36, &mut queues);
+        assert_eq!(u32::from_le_bytes(queues), 1);
+        // Past the end reads as zero; a huge offset does not panic.
+        let mut past = [0xffu8; 8];
+        fs.read_config(38, &mut past);
+        assert_eq!(past, [0; 8]); // bytes 2-3 of num_request_queues = 1, then nothing
+        fs.read_config(u64::MAX, &mut past);
+        assert_eq!(past, [0; 8]);
+    }
+}
