@@ -200,3 +200,24 @@ pub fn probe_initramfs(name: &str) -> PathBuf {
     assert!(status.success(), "husk-mkinitramfs {name} failed");
     out
 }
+
+/// Boots the guest probe `name` (see [`probe_initramfs`]) with `husk vm boot`, `extra`
+/// arguments appended, and returns the run and the guest's console log.
+pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, String) {
+    let initrd = probe_initramfs(name);
+    let console = std::env::temp_dir().join(format!("husk-{name}-{}.log", std::process::id()));
+    let mut args = vec![
+        "vm",
+        "boot",
+        "--initrd",
+        initrd.to_str().expect("temp paths are UTF-8"),
+        "--console",
+        console.to_str().expect("temp paths are UTF-8"),
+    ];
+    args.extend_from_slice(extra);
+    let run = husk(&args, deadline);
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
+    let _ = std::fs::remove_file(&initrd);
+    (run, log)
+}
