@@ -26,6 +26,8 @@ pub mod test_ring;
 pub mod vsock;
 pub mod worker;
 
+pub mod fs;
+
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
