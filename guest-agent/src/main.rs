@@ -36,10 +36,15 @@ fn main() {
 
 fn run() -> Result<std::convert::Infallible, String> {
     husk_agent::mounts::mount_kernel_filesystems().map_err(|e| e.message)?;
-    match init::mode(|| husk_agent::vsock::local_cid().is_some())? {
+    let has_vsock = || husk_agent::vsock::local_cid().is_some();
+    match init::mode(has_vsock)? {
         Mode::Boot => {
             console_line(&ready_line()?);
             init::power_off()
+        }
+        // Nobody could ever reach the agent: say so instead of idling forever.
+        Mode::Serve if !has_vsock() => {
+            Err("husk.mode=serve but the guest has no vsock device to serve on".into())
         }
         Mode::Serve => serve::run(),
     }
