@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 use husk_tests::{husk, husk_command, wait_husk, Run};
 
-/// Generous: inside the emulated test bed one run boots a VM (seconds), natively ~100 ms.
-const RUN_DEADLINE: Duration = Duration::from_secs(180);
+/// Generous: inside the emulated test bed on a loaded machine one run took over a minute
+/// (natively ~100 ms).
+const RUN_DEADLINE: Duration = Duration::from_secs(300);
+/// husk's own wait for the agent (`--timeout`), inside [`RUN_DEADLINE`].
+const READY_TIMEOUT: &str = "240";
 /// Argument errors are found before any VM exists: well under a boot.
 const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// Where sandboxes keep their state (runtime/src/sandbox/state_dir.rs).
@@ -83,7 +86,7 @@ fn assert_no_state_left() {
 /// `husk vm run --rootfs ROOTFS EXTRA... -- CMD...` with `stdin` as its input.
 fn run(extra: &[&str], cmd: &[&str], stdin: &[u8], deadline: Duration) -> Run {
     let root = rootfs().to_str().unwrap().to_string();
-    let mut args = vec!["vm", "run", "--rootfs", &root];
+    let mut args = vec!["vm", "run", "--timeout", READY_TIMEOUT, "--rootfs", &root];
     args.extend_from_slice(extra);
     args.push("--");
     args.extend_from_slice(cmd);
@@ -133,6 +136,8 @@ fn sigterm_to_husk_kills_the_command_143() {
     let (mut command, token) = husk_command(&[
         "vm",
         "run",
+        "--timeout",
+        READY_TIMEOUT,
         "--rootfs",
         &root,
         "--",
@@ -178,8 +183,18 @@ fn a_tty_has_the_callers_size() {
     )
     .unwrap();
     let root = rootfs().to_str().unwrap().to_string();
-    let (mut command, token) =
-        husk_command(&["vm", "run", "--rootfs", &root, "-t", "--", "stty", "size"]);
+    let (mut command, token) = husk_command(&[
+        "vm",
+        "run",
+        "--timeout",
+        READY_TIMEOUT,
+        "--rootfs",
+        &root,
+        "-t",
+        "--",
+        "stty",
+        "size",
+    ]);
     let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
     let start = Instant::now();
     let child = command
@@ -188,6 +203,8 @@ fn a_tty_has_the_callers_size() {
         .stderr(slave(&pty.slave))
         .spawn()
         .expect("spawn husk");
+    // Only husk may hold the slave now: the master reads EIO once husk has exited.
+    drop(command);
     drop(pty.slave);
     let master = pty.master;
     let reader = std::thread::spawn(move || {
