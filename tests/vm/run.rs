@@ -171,6 +171,41 @@ fn sigterm_to_husk_kills_the_command_143() {
 }
 
 #[test]
+fn sigterm_during_boot_abandons_it_and_cleans_up() {
+    let root = rootfs().to_str().unwrap().to_string();
+    let (mut command, token) = husk_command(&[
+        "vm",
+        "run",
+        "--timeout",
+        READY_TIMEOUT,
+        "--rootfs",
+        &root,
+        "--",
+        "sleep",
+        "100",
+    ]);
+    let start = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn husk");
+    // The state directory exists once husk handles its signals and is booting.
+    let booting = || std::fs::read_dir(STATE_ROOT).is_ok_and(|mut d| d.next().is_some());
+    while !booting() {
+        assert!(start.elapsed() < RUN_DEADLINE, "husk never started booting");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: plain kill(2) of our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let ran = finish(child, token, start, RUN_DEADLINE);
+    // Mostly the boot is abandoned ("interrupted ... while the VM was booting"); on a
+    // fast host the boot may win and the signal goes to `sleep`: 143 either way.
+    assert_eq!(code(&ran), 143, "{ran:#?}");
+}
+
+#[test]
 fn a_tty_has_the_callers_size() {
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
