@@ -17,6 +17,7 @@ done
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
   results=$(mktemp -d /tmp/husk-bench-run.XXXXXX)
   trap 'rm -rf "$results"' EXIT
   measure_where bench/run.sh "$runs" "$results"
@@ -31,6 +32,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "## The data path: \`husk vm run -- true\` vs \`husk vm boot\` (bench/run.sh)"
     echo
     echo "$(date -u +%Y-%m-%d), $runs runs each, interleaved, 1 vCPU / 128 MiB, ran $where."
+    echo "This machine's load average at the start: $load (other builds and test beds share its 2 cores)."
     echo "rootfs: busybox-static (virtio-fs); both use husk's vmlinux and initramfs. Goal: ratio <= 1.3."
     [ "$bad" -eq 0 ] || echo "**$bad runs exited non-zero.**"
     echo
