@@ -470,3 +470,53 @@ fn run_command(
     };
     Ok(exit_byte(status.code()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use husk_protocol::{serve, Request, Response};
+
+    /// The signal thread's decisions, against the protocol's real agent-side loop.
+    #[test]
+    fn signals_wait_for_the_command_then_go_to_it() {
+        let (host, mut agent) = UnixStream::pair().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let server = std::thread::spawn(move || {
+            serve(&mut agent, "test", |request| {
+                log.lock().unwrap().push(request);
+                Ok(Response::Ok)
+            })
+        });
+        let cancel = Arc::new(AtomicBool::new(false));
+        let forwarder = Forwarder {
+            phase: Mutex::new(Phase::Booting {
+                pending: Vec::new(),
+            }),
+            cancel: cancel.clone(),
+        };
+        // Booting: a resize means nothing yet; SIGTERM abandons the boot and is kept.
+        forwarder.on_signal(Signal::SIGWINCH);
+        assert!(!cancel.load(Ordering::Relaxed));
+        forwarder.on_signal(Signal::SIGTERM);
+        assert!(cancel.load(Ordering::Relaxed));
+        assert_eq!(forwarder.first_pending(), Some(libc::SIGTERM));
+        // Running: what was kept goes first, then every new signal; no tty, no resize.
+        forwarder.running(Client::connect(host).unwrap(), false);
+        forwarder.on_signal(Signal::SIGINT);
+        forwarder.on_signal(Signal::SIGWINCH);
+        // Done: the connection goes, nothing more is sent.
+        *forwarder.lock() = Phase::Done;
+        forwarder.on_signal(Signal::SIGHUP);
+        server.join().unwrap().unwrap();
+        let signal = |signal| Request::Signal {
+            process: ProcessRef::init(CONTAINER_ID),
+            signal,
+            all: false,
+        };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [signal(libc::SIGTERM), signal(libc::SIGINT)]
+        );
+    }
+}
