@@ -17,13 +17,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.
   results=$(mktemp -d /tmp/husk-bench.XXXXXX)
   trap 'rm -rf "$results"' EXIT
-  if where=$(tests/testbed/native-kvm); then
-    where="natively ($where)"
-    HUSK_BENCH_INNER=1 RESULTS=$results bench/boot.sh "$runs"
-  else
-    where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
-    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" bench/boot.sh "$runs"
-  fi
+  measure_where bench/boot.sh "$runs" "$results"
   col() { awk -v c="$2" '{print $c}' "$results/$1" | median; }
   h_ready=$(col husk 1); q_ready=$(col qemu 1)
   h_exit=$(col husk 2); q_exit=$(col qemu 2)

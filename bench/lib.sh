@@ -45,3 +45,17 @@ replace_section() {
     $0 == "<!-- " name ":end -->" { skip = 0 }
     !skip { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
 }
+
+# measure_where SCRIPT RUNS RESULTS: runs SCRIPT's measurements (with HUSK_BENCH_INNER=1
+# and RESULTS set) natively where this host's KVM boots a stock guest, inside the test bed
+# otherwise; sets $where to a phrase saying which, for the report.
+measure_where() {
+  local script=$1 runs=$2 results=$3
+  if where=$(tests/testbed/native-kvm); then
+    where="natively ($where)"
+    HUSK_BENCH_INNER=1 RESULTS=$results "$script" "$runs"
+  else
+    where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
+    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$runs"
+  fi
+}

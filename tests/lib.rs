@@ -8,7 +8,7 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -75,38 +75,50 @@ impl Run {
 }
 
 /// Runs husk with `args`, killing it (and failing the test) after `deadline`.
-// The child is reaped by `wait_with_rusage` (wait4, for its own rusage), which clippy
-// cannot see.
-#[allow(clippy::zombie_processes)]
 pub fn husk(args: &[&str], deadline: Duration) -> Run {
+    let (mut command, token) = husk_command(args);
+    let start = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn husk");
+    wait_husk(child, token, start, deadline)
+}
+
+/// A husk command with `args` and a token unique to this run in its environment (the
+/// leftover checks look for it); returns it with the token, to set up stdio and spawn.
+pub fn husk_command(args: &[&str]) -> (Command, String) {
     static SEQ: AtomicU32 = AtomicU32::new(0);
     let token = format!(
         "husk-test-{}-{}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
     );
-    let start = Instant::now();
-    let mut child = Command::new(husk_bin())
-        .args(args)
-        // The token rides along in the environment; leftover checks look for it.
-        .env("HUSK_TEST_TOKEN", &token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn husk");
-    let mut stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
+    let mut command = Command::new(husk_bin());
+    command.args(args).env("HUSK_TEST_TOKEN", &token);
+    (command, token)
+}
+
+/// Waits for a husk spawned (at `start`) from [`husk_command`], killing it (and failing
+/// the test) after `deadline`; collects its piped stdout/stderr (empty if not piped) and
+/// checks that no process of the run is left.
+// The child is reaped by `wait_with_rusage` (wait4, for its own rusage), which clippy
+// cannot see.
+#[allow(clippy::zombie_processes)]
+pub fn wait_husk(mut child: Child, token: String, start: Instant, deadline: Duration) -> Run {
+    fn read_all(from: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut from) = from {
+                let _ = from.read_to_string(&mut s);
+            }
+            s
+        })
+    }
+    let out_reader = read_all(child.stdout.take());
+    let err_reader = read_all(child.stderr.take());
     let (status, max_rss_kib) = loop {
         if let Some(done) = wait_with_rusage(child.id()) {
             break done;
@@ -114,7 +126,7 @@ pub fn husk(args: &[&str], deadline: Duration) -> Run {
         if start.elapsed() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("husk {args:?} hung: killed after {deadline:?}");
+            panic!("husk run {token} hung: killed after {deadline:?}");
         }
         std::thread::sleep(Duration::from_millis(10));
     };
@@ -199,4 +211,25 @@ pub fn probe_initramfs(name: &str) -> PathBuf {
         .expect("run husk-mkinitramfs");
     assert!(status.success(), "husk-mkinitramfs {name} failed");
     out
+}
+
+/// Boots the guest probe `name` (see [`probe_initramfs`]) with `husk vm boot`, `extra`
+/// arguments appended, and returns the run and the guest's console log.
+pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, String) {
+    let initrd = probe_initramfs(name);
+    let console = std::env::temp_dir().join(format!("husk-{name}-{}.log", std::process::id()));
+    let mut args = vec![
+        "vm",
+        "boot",
+        "--initrd",
+        initrd.to_str().expect("temp paths are UTF-8"),
+        "--console",
+        console.to_str().expect("temp paths are UTF-8"),
+    ];
+    args.extend_from_slice(extra);
+    let run = husk(&args, deadline);
+    let log = std::fs::read_to_string(&console).unwrap_or_default();
+    let _ = std::fs::remove_file(&console);
+    let _ = std::fs::remove_file(&initrd);
+    (run, log)
 }

@@ -1,81 +1,55 @@
-//! PID 1 duties: the kernel filesystems, the clock, power-off.
+//! PID 1 duties apart from mounting: which mode to run in, the clock, power-off.
 
 use std::time::Duration;
 
-use nix::mount::{mount, MsFlags};
 use nix::sys::reboot::{reboot, RebootMode};
 use nix::sys::time::TimeSpec;
 use nix::time::{clock_gettime, ClockId};
 
-#[derive(Debug, thiserror::Error)]
-pub enum InitError {
-    #[error("cannot create mount point {path}: {source}")]
-    MountPoint {
-        path: &'static str,
-        source: std::io::Error,
-    },
-    #[error("cannot mount {fstype} on {path}: {source}")]
-    Mount {
-        fstype: &'static str,
-        path: &'static str,
-        source: nix::Error,
-    },
-    #[error("cannot read CLOCK_BOOTTIME: {0}")]
-    Clock(nix::Error),
+/// The kernel command line parameter that chooses the mode. (A dotted parameter is not
+/// passed to init as an environment variable, so it is read from /proc/cmdline.)
+const MODE_PARAM: &str = "husk.mode=";
+
+/// What the agent does after boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Report ready on the console and power off (`husk vm boot`, the boot benchmark).
+    Boot,
+    /// Serve the host over vsock until it asks for `Shutdown`.
+    Serve,
 }
 
-/// What every process in the guest expects to find. /dev is devtmpfs: the kernel's
-/// automount does not apply to an initramfs root, so PID 1 mounts it.
-const KERNEL_FILESYSTEMS: &[(&str, &str, MsFlags, &str)] = &[
-    (
-        "proc",
-        "/proc",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
-    (
-        "sysfs",
-        "/sys",
-        MsFlags::MS_NOSUID
-            .union(MsFlags::MS_NODEV)
-            .union(MsFlags::MS_NOEXEC),
-        "",
-    ),
-    ("devtmpfs", "/dev", MsFlags::MS_NOSUID, "mode=0755"),
-    (
-        "tmpfs",
-        "/run",
-        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        "mode=0755",
-    ),
-    (
-        "tmpfs",
-        "/tmp",
-        MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
-        "mode=1777",
-    ),
-];
-
-pub fn mount_kernel_filesystems() -> Result<(), InitError> {
-    for &(fstype, path, flags, data) in KERNEL_FILESYSTEMS {
-        std::fs::create_dir_all(path).map_err(|source| InitError::MountPoint { path, source })?;
-        mount(Some(fstype), path, Some(fstype), flags, Some(data)).map_err(|source| {
-            InitError::Mount {
-                fstype,
-                path,
-                source,
-            }
-        })?;
+/// `husk.mode=boot|serve` on the kernel command line decides; without it, the agent
+/// serves when the guest has a vsock transport (a virtio-vsock device) and otherwise
+/// only boots.
+pub fn mode(has_vsock: impl FnOnce() -> bool) -> Result<Mode, String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline")
+        .map_err(|e| format!("cannot read /proc/cmdline: {e}"))?;
+    match mode_param(&cmdline) {
+        Some("boot") => Ok(Mode::Boot),
+        Some("serve") => Ok(Mode::Serve),
+        Some(other) => Err(format!(
+            "unknown {MODE_PARAM}{other} on the kernel command line (want boot or serve)"
+        )),
+        None if has_vsock() => Ok(Mode::Serve),
+        None => Ok(Mode::Boot),
     }
-    Ok(())
+}
+
+/// The last `husk.mode=` value on the command line (the last one wins, like the kernel's
+/// own parameters, so an appended `--cmdline` overrides).
+fn mode_param(cmdline: &str) -> Option<&str> {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|w| w.strip_prefix(MODE_PARAM))
+        .next_back()
 }
 
 /// Time since the guest kernel started, suspend included: the guest's own view of how
 /// long it took to get here.
-pub fn boottime() -> Result<Duration, InitError> {
-    let ts: TimeSpec = clock_gettime(ClockId::CLOCK_BOOTTIME).map_err(InitError::Clock)?;
+pub fn boottime() -> Result<Duration, String> {
+    let ts: TimeSpec = clock_gettime(ClockId::CLOCK_BOOTTIME)
+        .map_err(|e| format!("cannot read CLOCK_BOOTTIME: {e}"))?;
     Ok(Duration::from(ts))
 }
 
@@ -88,5 +62,21 @@ pub fn power_off() -> ! {
         let _ = reboot(RebootMode::RB_AUTOBOOT);
         // reboot(2) returns only on failure; don't spin hot while the kernel goes down.
         std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_mode_parameter_wins() {
+        assert_eq!(mode_param("console=ttyS0 quiet"), None);
+        assert_eq!(mode_param("a husk.mode=serve b"), Some("serve"));
+        assert_eq!(
+            mode_param("husk.mode=serve x husk.mode=boot\n"),
+            Some("boot")
+        );
+        assert_eq!(mode_param("xhusk.mode=serve"), None);
     }
 }

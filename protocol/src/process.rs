@@ -37,6 +37,12 @@
 //! process's own `PATH` (from its OCI env), like runc does, with execvp's rules (a
 //! permission error is remembered while the search goes on).
 //!
+//! [`spawn_with`] adds what a container's processes need ([`SpawnOptions`]): a root to
+//! `chroot` into before the uid switch and the `$PATH` search, and a *start gate*: the
+//! child does every step up to exec (including finding the executable, so a missing
+//! command still fails at create), reports that it is parked, and waits on a pipe until
+//! [`Child::start`] opens the gate (runc's create/start split).
+//!
 //! What this does not do (the container builder's job, next): namespaces, mounts,
 //! pivot_root, cgroups, capabilities, rlimits, no_new_privileges, seccomp, AppArmor/SELinux.
 //!
@@ -319,6 +325,26 @@ pub struct Child {
     /// The stream feeding stdin (the tty stream for a tty), to stop the input relay.
     input_stream: Option<Arc<File>>,
     outputs: Arc<Countdown>,
+    /// Set while a gated child waits for [`Child::start`].
+    gate: Mutex<Option<Gate>>,
+}
+
+/// What [`Child::start`] needs: the gate's write end and the exec status pipe.
+struct Gate {
+    open: File,
+    exec_status: File,
+    plan: ExecPlan,
+}
+
+/// Extra setup for [`spawn_with`]; the default is plain [`spawn`].
+#[derive(Debug, Clone, Default)]
+pub struct SpawnOptions {
+    /// `chroot` here (then `chdir("/")`) before the uid switch, the cwd and the `$PATH`
+    /// search, which are all inside this root.
+    pub root: Option<std::path::PathBuf>,
+    /// Stop before exec until [`Child::start`]; the executable is looked up before
+    /// stopping, so a missing command fails the spawn itself.
+    pub start_gated: bool,
 }
 
 /// Counts output relays still running.
@@ -343,6 +369,9 @@ const STEP_GID: u32 = 5;
 const STEP_UID: u32 = 6;
 const STEP_CWD: u32 = 7;
 const STEP_EXEC: u32 = 8;
+const STEP_CHROOT: u32 = 9;
+/// Not a failure: a gated child found its executable and waits for the gate.
+const STEP_PARKED: u32 = 10;
 
 /// Everything the child needs, built before `fork` (no allocation after it).
 struct ExecPlan {
@@ -356,6 +385,10 @@ struct ExecPlan {
     gid: u32,
     groups: Vec<libc::gid_t>,
     umask: Option<u32>,
+    root: Option<CString>,
+    /// The start gate's ends (read, write), for a gated child: it closes its copy of the
+    /// write end so that the agent dropping the gate is EOF.
+    gate: Option<(RawFd, RawFd)>,
 }
 
 fn cstring(what: &str, s: &[u8]) -> Result<CString, AgentError> {
@@ -420,6 +453,8 @@ fn plan(process: &Process) -> Result<ExecPlan, AgentError> {
         gid: user.gid(),
         groups: user.additional_gids().clone().unwrap_or_default(),
         umask: user.umask(),
+        root: None,
+        gate: None,
     })
 }
 
@@ -469,8 +504,32 @@ struct ChildFds {
 /// "... no such file or directory" for a path), `PermissionDenied`, `InvalidArgument` for a
 /// bad cwd or spec, `Internal` otherwise.
 pub fn spawn(reaper: &Reaper, process: &Process, stdio: Stdio) -> Result<Child, AgentError> {
-    let plan = plan(process)?;
+    spawn_with(reaper, process, stdio, &SpawnOptions::default())
+}
+
+/// [`spawn`] with a root to chroot into and/or a start gate (see [`SpawnOptions`]).
+///
+/// With `start_gated` it returns once the child is parked before exec, having found its
+/// executable (so `ExecutableNotFound`/`PermissionDenied` still come from here); the
+/// output relays already run. [`Child::start`] lets it exec.
+pub fn spawn_with(
+    reaper: &Reaper,
+    process: &Process,
+    stdio: Stdio,
+    options: &SpawnOptions,
+) -> Result<Child, AgentError> {
+    let mut plan = plan(process)?;
+    if let Some(root) = &options.root {
+        plan.root = Some(cstring("root path", root.as_os_str().as_bytes())?);
+    }
     let (err_r, err_w) = pipe()?;
+    let gate = if options.start_gated {
+        let (gate_r, gate_w) = pipe()?;
+        plan.gate = Some((gate_r.as_raw_fd(), gate_w.as_raw_fd()));
+        Some((gate_r, gate_w))
+    } else {
+        None
+    };
 
     // Output relays are set up by the parent after the fork; these are the parent's ends.
     let mut stdin_relay: Option<(File, OwnedFd)> = None; // (stream, pipe write end)
@@ -543,12 +602,24 @@ pub fn spawn(reaper: &Reaper, process: &Process, stdio: Stdio) -> Result<Child, 
     // Everything that creates fds runs under the reaper lock, like every fork: openpty and
     // its FD_CLOEXEC are then atomic with respect to our other spawns, so no other child
     // inherits a pty slave (which would keep the master from ever seeing EOF).
-    let (pid, (master, child_fds), exit) = reaper.register_with(|| {
+    let (pid, (master, child_fds, parked), exit) = reaper.register_with(|| {
         let (master, child_fds) = build()?;
-        let pid = fork_exec(&plan, &child_fds, File::from(err_r), err_w)?;
-        Ok::<_, AgentError>((pid, (master, child_fds)))
+        let (pid, parked) = fork_exec(&plan, &child_fds, File::from(err_r), err_w)?;
+        Ok::<_, AgentError>((pid, (master, child_fds, parked)))
     })?;
     drop(child_fds); // the parent's copies of the child's ends
+    let gate = match (gate, parked) {
+        (Some((gate_r, gate_w)), Some(exec_status)) => {
+            drop(gate_r);
+            plan.gate = None;
+            Some(Gate {
+                open: File::from(gate_w),
+                exec_status,
+                plan,
+            })
+        }
+        _ => None,
+    };
 
     let mut n_out = out_relays.len();
     if master.is_some() {
@@ -565,6 +636,7 @@ pub fn spawn(reaper: &Reaper, process: &Process, stdio: Stdio) -> Result<Child, 
         tty_master: None,
         input_stream: None,
         outputs: outputs.clone(),
+        gate: Mutex::new(gate),
     };
 
     if let Some((stream, pipe_w)) = stdin_relay {
@@ -675,13 +747,14 @@ fn type_veof(master: &File) {
 }
 
 /// Forks and execs per `plan`, with the reaper lock held by the caller. On an exec failure
-/// the child is reaped here and its (step, errno) becomes the error.
+/// the child is reaped here and its (step, errno) becomes the error. A gated child that
+/// parked returns the status pipe too, to learn the outcome of its exec at start.
 fn fork_exec(
     plan: &ExecPlan,
     fds: &ChildFds,
     err_r: File,
     err_w: OwnedFd,
-) -> Result<i32, AgentError> {
+) -> Result<(i32, Option<File>), AgentError> {
     let mut argv: Vec<*const libc::c_char> = plan.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = plan.envp.iter().map(|e| e.as_ptr()).collect();
@@ -720,37 +793,50 @@ fn fork_exec(
         }
     }
     drop(err_w);
-    let mut report = [0u8; 8];
-    let got = loop {
-        match (&err_r).read(&mut report) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            r => break r,
-        }
+    let report = read_exec_report(&err_r)?;
+    let Some((step, errno)) = report else {
+        return Ok((pid, None)); // the pipe closed on exec: the process runs
     };
-    let got = match got {
-        Ok(n) => n,
-        Err(e) => {
-            return Err(AgentError::internal(format!(
-                "reading the exec status: {e}"
-            )))
-        }
-    };
-    if got == 0 {
-        return Ok(pid); // the pipe closed on exec: the process runs
+    if step == STEP_PARKED && plan.gate.is_some() {
+        return Ok((pid, Some(err_r)));
     }
     // The child failed before exec; it _exits at once. Reap it ourselves (we hold the
     // reaper lock, so the reaper cannot take it).
     let mut status = 0;
     // SAFETY: plain syscall on our own child.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR {}
-    if got < 8 {
-        return Err(AgentError::internal(
-            "the child failed before exec without saying why",
-        ));
-    }
-    let step = u32::from_ne_bytes(report[..4].try_into().unwrap());
-    let errno = Errno::from_raw(i32::from_ne_bytes(report[4..].try_into().unwrap()));
     Err(exec_error(plan, step, errno))
+}
+
+/// Reads the child's (step, errno) report; `None` when the pipe closed without one (the
+/// exec succeeded).
+fn read_exec_report(err_r: &File) -> Result<Option<(u32, Errno)>, AgentError> {
+    let mut report = [0u8; 8];
+    let mut got = 0;
+    while got < report.len() {
+        match (&*err_r).read(&mut report[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(AgentError::internal(format!(
+                    "reading the exec status: {e}"
+                )))
+            }
+        }
+    }
+    match got {
+        0 => Ok(None),
+        8 => {
+            let [s0, s1, s2, s3, e0, e1, e2, e3] = report;
+            let step = u32::from_ne_bytes([s0, s1, s2, s3]);
+            let errno = Errno::from_raw(i32::from_ne_bytes([e0, e1, e2, e3]));
+            Ok(Some((step, errno)))
+        }
+        _ => Err(AgentError::internal(
+            "the child failed before exec without saying why",
+        )),
+    }
 }
 
 fn exec_error(plan: &ExecPlan, step: u32, errno: Errno) -> AgentError {
@@ -791,6 +877,16 @@ fn exec_error(plan: &ExecPlan, step: u32, errno: Errno) -> AgentError {
             };
             AgentError::new(kind, format!("{what}: {text}"))
         }
+        STEP_CHROOT => AgentError::new(
+            ErrorKind::InvalidArgument,
+            format!(
+                "chroot to {:?}: {text}",
+                plan.root
+                    .as_deref()
+                    .map(|r| r.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+        ),
         STEP_SETSID => AgentError::internal(format!("setsid: {text}")),
         STEP_CTTY => {
             AgentError::internal(format!("making the pty the controlling terminal: {text}"))
@@ -823,10 +919,14 @@ unsafe fn child_after_fork(
     cur_gid: libc::gid_t,
     err_w: RawFd,
 ) -> ! {
-    let fail = |step: u32, errno: i32| -> ! {
+    let report = |step: u32, errno: i32| -> [u8; 8] {
         let mut msg = [0u8; 8];
         msg[..4].copy_from_slice(&step.to_ne_bytes());
         msg[4..].copy_from_slice(&errno.to_ne_bytes());
+        msg
+    };
+    let fail = |step: u32, errno: i32| -> ! {
+        let msg = report(step, errno);
         libc::write(err_w, msg.as_ptr().cast(), msg.len());
         libc::_exit(127)
     };
@@ -862,6 +962,11 @@ unsafe fn child_after_fork(
     if let Some(mask) = plan.umask {
         libc::umask(mask as libc::mode_t);
     }
+    if let Some(root) = &plan.root {
+        if libc::chroot(root.as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
+            fail(STEP_CHROOT, errno());
+        }
+    }
     if is_root {
         if libc::setgroups(plan.groups.len(), plan.groups.as_ptr()) < 0 {
             fail(STEP_GROUPS, errno());
@@ -882,6 +987,37 @@ unsafe fn child_after_fork(
     }
     if libc::chdir(plan.cwd.as_ptr()) < 0 {
         fail(STEP_CWD, errno());
+    }
+    if let Some((gate, gate_open)) = plan.gate {
+        libc::close(gate_open);
+        // Find the executable now, so that a missing command fails the create.
+        let mut found = false;
+        let mut denied = false;
+        for cand in &plan.candidates {
+            let mut st: libc::stat = std::mem::zeroed();
+            if libc::stat(cand.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
+            {
+                if libc::access(cand.as_ptr(), libc::X_OK) == 0 {
+                    found = true;
+                    break;
+                }
+                denied = true;
+            }
+        }
+        if !found {
+            fail(STEP_EXEC, if denied { libc::EACCES } else { libc::ENOENT });
+        }
+        let parked = report(STEP_PARKED, 0);
+        libc::write(err_w, parked.as_ptr().cast(), parked.len());
+        let mut byte = 0u8;
+        loop {
+            match libc::read(gate, (&mut byte as *mut u8).cast(), 1) {
+                1 => break,
+                r if r < 0 && errno() == libc::EINTR => {}
+                // The agent dropped the gate: never start.
+                _ => libc::_exit(127),
+            }
+        }
     }
     // execvp's search rules, with the process's own PATH.
     let mut saw_eacces = false;
@@ -927,6 +1063,33 @@ impl Child {
         let s = self.exit.wait();
         self.stop_input();
         s
+    }
+
+    /// Opens the start gate of a child spawned with `start_gated`, and returns once it has
+    /// exec'd, or with its exec error (it then exits 127). `InvalidArgument` when there is
+    /// no gate (never gated, or already started); `NotFound` when it died meanwhile.
+    pub fn start(&self) -> Result<(), AgentError> {
+        let Some(gate) = lock(&self.gate).take() else {
+            return Err(AgentError::new(
+                ErrorKind::InvalidArgument,
+                format!("process {} was already started", self.pid),
+            ));
+        };
+        if (&gate.open).write_all(&[1]).is_err() {
+            return Err(AgentError::new(
+                ErrorKind::NotFound,
+                format!("process {} exited before it was started", self.pid),
+            ));
+        }
+        match read_exec_report(&gate.exec_status)? {
+            None => Ok(()),
+            Some((step, errno)) => Err(exec_error(&gate.plan, step, errno)),
+        }
+    }
+
+    /// `true` until [`start`](Self::start) was called on a gated child.
+    pub fn is_started(&self) -> bool {
+        lock(&self.gate).is_none()
     }
 
     /// The exit status, if the process has exited.

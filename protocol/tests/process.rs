@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_protocol::process::{spawn, Child, Reaper, Stdio};
+use husk_protocol::process::{spawn, spawn_with, Child, Reaper, SpawnOptions, Stdio};
 use husk_protocol::{ErrorKind, ExitStatus};
 use oci_spec::runtime::{BoxBuilder, Process, User};
 
@@ -373,4 +373,83 @@ fn quick_exits_from_many_threads_are_all_routed() {
 fn a_second_reaper_is_refused() {
     let _ = reaper();
     assert!(Reaper::start().is_err());
+}
+
+#[test]
+fn a_gated_child_execs_only_when_started() {
+    let (o, mut host_out) = pair();
+    let gated = SpawnOptions {
+        root: None,
+        start_gated: true,
+    };
+    let child = spawn_with(
+        reaper(),
+        &process(&["echo", "ran"]),
+        Stdio::Streams {
+            stdin: None,
+            stdout: Some(o),
+            stderr: None,
+        },
+        &gated,
+    )
+    .unwrap();
+    assert!(!child.is_started());
+    host_out
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut buf = [0u8; 8];
+    assert!(host_out.read(&mut buf).is_err(), "ran before start");
+    child.start().unwrap();
+    assert!(child.is_started());
+    assert_eq!(read_all(host_out), b"ran\n");
+    assert_eq!(wait(&child), ExitStatus::Exited(0));
+    assert_eq!(child.start().unwrap_err().kind, ErrorKind::InvalidArgument);
+
+    // The executable is looked up before parking: a missing command fails the spawn.
+    let err = spawn_with(
+        reaper(),
+        &process(&["no-such-command-husk"]),
+        Stdio::null(),
+        &gated,
+    )
+    .err()
+    .expect("spawn must fail");
+    assert_eq!(err.kind, ErrorKind::ExecutableNotFound);
+    assert!(err.message.contains("executable file not found in $PATH"));
+
+    // A parked child can be killed; it never execs.
+    let child = spawn_with(reaper(), &process(&["true"]), Stdio::null(), &gated).unwrap();
+    child.signal(libc::SIGKILL).unwrap();
+    assert_eq!(wait(&child), ExitStatus::Signaled(libc::SIGKILL));
+    assert_eq!(child.start().unwrap_err().kind, ErrorKind::NotFound);
+}
+
+#[test]
+fn a_root_is_chrooted_into() {
+    let dir = std::env::temp_dir().join(format!("husk-protocol-root-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::copy("/bin/busybox", dir.join("bin/sh")).unwrap();
+    std::fs::write(dir.join("only-here"), "yes\n").unwrap();
+    let (o, host_out) = pair();
+    let mut p = process(&["sh", "-c", "read x < /only-here; echo $x; pwd"]);
+    p.set_env(Some(vec!["PATH=/bin".into()]));
+    p.set_cwd("/bin".into());
+    let child = spawn_with(
+        reaper(),
+        &p,
+        Stdio::Streams {
+            stdin: None,
+            stdout: Some(o),
+            stderr: None,
+        },
+        &SpawnOptions {
+            root: Some(dir.clone()),
+            start_gated: false,
+        },
+    );
+    let out = child.as_ref().map(|_| read_all(host_out));
+    let status = child.as_ref().map(wait);
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert_eq!(out.unwrap(), b"yes\n/bin\n");
+    assert_eq!(status.unwrap(), ExitStatus::Exited(0));
 }

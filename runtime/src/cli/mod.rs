@@ -2,7 +2,9 @@
 //! the library. `husk vm ...` holds the VM-level commands; the runc-compatible container
 //! commands (create, start, state, kill, delete) will sit beside `vm` at the top level.
 
+pub mod terminal;
 pub mod vm_boot;
+pub mod vm_run;
 
 use std::process::ExitCode;
 use std::time::Instant;
@@ -28,6 +30,8 @@ pub enum Command {
 pub enum VmCommand {
     /// Boot a microVM to husk's guest agent, print a timing breakdown, shut it down.
     Boot(vm_boot::BootArgs),
+    /// Run a command with a host directory as its root, inside a fresh microVM.
+    Run(vm_run::RunArgs),
 }
 
 /// Runs the CLI; `started` is when the process started (for timing breakdowns). Errors
@@ -54,10 +58,11 @@ pub fn main(started: Instant) -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Vm(VmCommand::Boot(args)) => vm_boot::run(args, started),
+        Command::Vm(VmCommand::Boot(args)) => vm_boot::run(args, started).map(|()| 0),
+        Command::Vm(VmCommand::Run(args)) => vm_run::run(args, started),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             // One line: the context chain joined by ": ".
             let msg = format!("{e:#}").replace('\n', " ");

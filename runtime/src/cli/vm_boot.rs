@@ -14,6 +14,8 @@ use clap::Args;
 
 use crate::assets::{self, Asset};
 use crate::vmm::config::check_args;
+use crate::vmm::devices::virtio::rng::Rng;
+use crate::vmm::devices::virtio::vsock::Vsock;
 use crate::vmm::memory::{HugePages, ResidentProbe};
 use crate::vmm::{ConsoleOutput, ExitCounts, Vm, VmConfig, VmExitReason, VmStats, DEFAULT_CMDLINE};
 
@@ -29,6 +31,8 @@ fn parse_huge_pages(s: &str) -> Result<HugePages, String> {
 pub const READY_MARKER: &str = "HUSK-AGENT-READY boottime_us=";
 /// The start of the kernel's panic line.
 pub const PANIC_MARKER: &str = "Kernel panic - not syncing:";
+/// The guest's vsock CID with `--vsock` (the first one not reserved).
+const VSOCK_GUEST_CID: u64 = 3;
 /// How much of the console's tail is kept for error messages.
 const CONSOLE_TAIL_BYTES: usize = 4096;
 /// Longest console line examined (longer ones are cut: the markers are near the start).
@@ -57,6 +61,11 @@ pub struct BootArgs {
     /// Give up (and stop the VM) if the agent is not ready after SECS seconds.
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     pub timeout: u64,
+    /// Attach a virtio-vsock device (guest CID 3) whose host side is the unix socket PATH:
+    /// connect to it and write `CONNECT <port>\n` to reach a guest port; a guest connecting
+    /// to host port P reaches the socket `PATH_P`.
+    #[arg(long, value_name = "PATH")]
+    pub vsock: Option<PathBuf>,
     /// Back guest RAM with 2 MiB pages (on) or 4 KiB pages (off).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = parse_huge_pages, hide = true)]
     pub huge_pages: HugePages,
@@ -254,7 +263,19 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
             started.elapsed().as_secs_f64() * 1000.0
         );
     }
-    let vm = Vm::new(config)?;
+    // Bound before the VM is built: a bad path is the caller's mistake, reported first.
+    let vsock = match &args.vsock {
+        Some(path) => Some(Vsock::new(VSOCK_GUEST_CID, path.clone())?),
+        None => None,
+    };
+    let mut vm = Vm::new(config)?;
+    if let Some(vsock) = vsock {
+        vm.add_virtio_device(Box::new(vsock), "vsock")?;
+    }
+    // Always: the guest must never block waiting for entropy.
+    let rng = Rng::new();
+    let rng_bytes = rng.counter();
+    vm.add_virtio_device(Box::new(rng), "rng")?;
     let stats = vm.stats();
     let _ = stats_slot.set(stats.clone());
     let _ = probe_slot.set(vm.resident_probe());
@@ -326,6 +347,8 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
             if !ready.exits.from_kvm_stats {
                 line.push_str(" vm_exits_source=userspace_only");
             }
+            // Read after the VM ended: every byte the guest got, its shutdown included.
+            line.push_str(&format!(" rng_bytes={}", rng_bytes.bytes()));
             println!("{line}");
             return Ok(());
         }

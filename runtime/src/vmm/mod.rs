@@ -73,5 +73,7 @@ pub enum Error {
     #[error(transparent)]
     Resource(#[from] resources::ResourceError),
     #[error(transparent)]
+    VirtioTransport(#[from] devices::virtio::mmio::TransportError),
+    #[error(transparent)]
     Vcpu(#[from] vcpu::VcpuError),
 }

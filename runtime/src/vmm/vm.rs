@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use kvm_bindings::{kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::cmdline::Cmdline;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
@@ -19,6 +19,8 @@ use super::arch::x86_64::{configure_vcpu, mptable, pvh, regs};
 use super::config::{check_memory, check_vcpus, ConsoleOutput, VmConfig, MAX_VCPUS};
 use super::devices::i8042::{ResetTrigger, I8042};
 use super::devices::serial::{Discard, IrqTrigger, SerialDevice};
+use super::devices::virtio::mmio::{self, MmioTransport, MMIO_SLOT_SIZE};
+use super::devices::virtio::{VirtioDevice, VirtioInterrupt};
 use super::devices::{Bus, SharedDevice};
 use super::host::{detect_kvm, mem_total_mib, HostKvm};
 use super::memory::{create_guest_memory, register_with_kvm, GuestRam, ResidentProbe};
@@ -299,16 +301,40 @@ impl Vm {
         &self.memory
     }
 
-    /// Attaches an MMIO device: allocates it a slot in the MMIO window and an IRQ, routes
-    /// the slot's accesses to it, and declares it on the kernel command line as a
-    /// virtio-mmio device.
-    pub fn add_virtio_mmio_device(
+    /// Attaches a virtio device behind its own virtio-mmio transport: allocates a slot in
+    /// the MMIO window and an IRQ, wires the IRQ as a KVM irqfd and each queue's
+    /// QueueNotify as a KVM ioeventfd (datamatch = queue index: a notify wakes the
+    /// device's worker without the vCPU leaving the kernel), routes the slot's accesses to
+    /// the transport, and declares the device on the kernel command line. Call between
+    /// [`Vm::new`] and [`Vm::run`]. The device (and its worker threads) is dropped when the
+    /// VM ends, before guest memory is unmapped.
+    pub fn add_virtio_device(
         &mut self,
-        device: SharedDevice,
-        len: u64,
+        device: Box<dyn VirtioDevice>,
+        name: &'static str,
     ) -> Result<MmioSlot, Error> {
-        let slot = self.resources.allocate_mmio(len)?;
-        self.mmio.insert(device, slot.addr, slot.len)?;
+        let slot = self.resources.allocate_mmio(MMIO_SLOT_SIZE)?;
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+        self.vm_fd
+            .register_irqfd(&irqfd, slot.irq)
+            .map_err(kvm_err("KVM_IRQFD"))?;
+        let interrupt = Arc::new(VirtioInterrupt::new(irqfd, name));
+        let notify_addr = IoEventAddress::Mmio(slot.addr + mmio::reg::QUEUE_NOTIFY);
+        let queues = device.queue_max_sizes().len();
+        let mut notify = Vec::with_capacity(queues);
+        for index in 0..queues {
+            let evt = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+            // Linux writes QueueNotify with a 32-bit access, so the datamatch is a u32.
+            let datamatch = u32::try_from(index).unwrap_or(u32::MAX);
+            self.vm_fd
+                .register_ioevent(&evt, &notify_addr, datamatch)
+                .map_err(kvm_err("KVM_IOEVENTFD"))?;
+            notify.push(evt);
+        }
+        let memory: GuestMemoryMmap = (**self.memory).clone();
+        let transport = MmioTransport::new(device, name, memory, interrupt, notify)?;
+        self.mmio
+            .insert(Arc::new(Mutex::new(transport)), slot.addr, slot.len)?;
         self.cmdline
             .insert_str(slot.virtio_mmio_cmdline())
             .map_err(|e| Error::Cmdline(e.to_string()))?;

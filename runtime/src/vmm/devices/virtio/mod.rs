@@ -15,7 +15,18 @@
 //! - Dropping the device stops and joins its worker threads and closes its host resources
 //!   (sockets, fds). The VM drops its devices before it unmaps guest memory.
 //!
-//! One folder per device: `rng/`, `vsock/`, `fs/`.
+//! One folder per device: `rng/`, `vsock/`, `fs/`. Devices complete requests through
+//! [`ring`] (add_used + interrupt, with EVENT_IDX suppression done right).
+
+pub mod mmio;
+pub mod ring;
+pub mod rng;
+#[cfg(test)]
+pub mod test_ring;
+pub mod vsock;
+pub mod worker;
+
+pub mod fs;
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
@@ -34,6 +45,11 @@ pub const TYPE_FS: u32 = 26;
 
 /// Feature bit every husk device offers: the transport is modern-only.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_F_RING_EVENT_IDX: the driver and device suppress notifications with the
+/// used_event / avail_event fields. A device opts in by offering it in
+/// [`VirtioDevice::features`]; when the driver accepts it, the transport enables it on
+/// every queue and the device must complete requests through [`ring`].
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Interrupt status bits (virtio-mmio InterruptStatus).
 pub const INT_USED_RING: u32 = 1;

@@ -1,0 +1,76 @@
+//! virtio devices in real VMs: the virtio-mmio transport with virtio-rng, seen from the VMM
+//! (bytes served) and from inside the guest (the driver bound, /dev/hwrng delivers).
+
+use std::time::Duration;
+
+use husk_tests::{boot_probe, breakdown, husk};
+
+/// Generous: inside the emulated test bed a boot takes seconds, and 1 MiB through
+/// /dev/hwrng (64-byte requests, one interrupt each) tens of seconds.
+const BOOT_DEADLINE: Duration = Duration::from_secs(120);
+const RNG_DEADLINE: Duration = Duration::from_secs(300);
+const RNG_PROBE_BYTES: f64 = (1 << 20) as f64;
+
+fn breakdown_of(stdout: &str) -> std::collections::BTreeMap<String, f64> {
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "want one breakdown line: {stdout:?}");
+    breakdown(lines[0])
+}
+
+#[test]
+fn every_boot_feeds_the_guest_entropy() {
+    let run = husk(&["vm", "boot"], BOOT_DEADLINE);
+    run.assert_success();
+    let b = breakdown_of(&run.stdout);
+    let served = b.get("rng_bytes").copied().unwrap_or(0.0);
+    assert!(served > 0.0, "the guest took no entropy: {}", run.stdout);
+    // The field is appended: the ones before it keep their order.
+    let keys: Vec<&str> = run
+        .stdout
+        .split_whitespace()
+        .filter_map(|kv| kv.split_once('=').map(|(k, _)| k))
+        .collect();
+    assert_eq!(
+        &keys[..5],
+        [
+            "vmm_setup_ms",
+            "guest_ready_ms",
+            "total_ms",
+            "vm_exits",
+            "userspace_exits"
+        ]
+    );
+    assert_eq!(keys.last(), Some(&"rng_bytes"));
+    println!("{}", run.stdout.trim());
+}
+
+#[test]
+fn the_guest_reads_1_mib_from_virtio_rng() {
+    let (run, log) = boot_probe("probe-rng", &["--timeout", "280"], RNG_DEADLINE);
+    run.assert_success();
+    let report = log
+        .lines()
+        .find_map(|l| l.split_once("HUSK-PROBE rng current=").map(|(_, r)| r))
+        .unwrap_or_else(|| panic!("no rng report on the console: {log}"));
+    let fields = breakdown(&format!("current={report}"));
+    assert!(
+        report.starts_with("virtio_rng"),
+        "hwrng core picked {report:?}, not virtio_rng"
+    );
+    assert_eq!(fields.get("bytes"), Some(&RNG_PROBE_BYTES), "{report}");
+    // 1 MiB of random bytes has every byte value.
+    assert_eq!(fields.get("distinct"), Some(&256.0), "{report}");
+    // The device's interrupt is an edge-triggered IOAPIC pin (5 is the first device IRQ).
+    assert!(
+        log.lines()
+            .any(|l| l.contains("HUSK-PROBE rng irq 5:") && l.contains("IO-APIC 5-edge")),
+        "no edge-triggered IOAPIC 5 line for virtio0: {log}"
+    );
+    let b = breakdown_of(&run.stdout);
+    assert!(
+        b["rng_bytes"] >= RNG_PROBE_BYTES,
+        "the VMM served {} bytes, the guest read {RNG_PROBE_BYTES}",
+        b["rng_bytes"]
+    );
+    println!("{report} | {}", run.stdout.trim());
+}
