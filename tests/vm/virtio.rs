@@ -74,3 +74,56 @@ fn the_guest_reads_1_mib_from_virtio_rng() {
     );
     println!("{report} | {}", run.stdout.trim());
 }
+
+/// Every IRQ a device can get (IOAPIC pins 5..=23, edge-triggered irqfds) reaches the
+/// guest: one rng per pin, each read through /dev/hwrng in turn.
+#[test]
+fn every_device_irq_line_works() {
+    const DEVICES: u32 = 19;
+    const EACH: f64 = 4096.0;
+    let devices = DEVICES.to_string();
+    let (run, log) = boot_probe(
+        "probe-rng",
+        &[
+            "--rng-devices",
+            &devices,
+            "--cmdline",
+            "rng_each=4096",
+            "--timeout",
+            "280",
+        ],
+        RNG_DEADLINE,
+    );
+    run.assert_success();
+    let reports: Vec<&str> = log
+        .lines()
+        .filter_map(|l| l.split_once("HUSK-PROBE rng dev=").map(|(_, r)| r))
+        .collect();
+    assert_eq!(reports.len(), DEVICES as usize, "console: {log}");
+    for r in &reports {
+        let f = breakdown(r);
+        assert_eq!(f.get("bytes"), Some(&EACH), "{r}");
+        assert!(f["distinct"] > 200.0, "not random: {r}");
+    }
+    for pin in 5..5 + DEVICES {
+        let edge = format!("IO-APIC {pin}-edge virtio{}", pin - 5);
+        let line = log
+            .lines()
+            .find(|l| l.contains(&format!("HUSK-PROBE rng irq {pin}:")))
+            .unwrap_or_else(|| panic!("no interrupt line for pin {pin}: {log}"));
+        assert!(line.contains(&edge), "want {edge:?}: {line}");
+        let count: u64 = line
+            .split_whitespace()
+            .nth(4)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        assert!(count > 0, "no interrupt on pin {pin}: {line}");
+    }
+    let b = breakdown_of(&run.stdout);
+    assert!(
+        b["rng_bytes"] >= EACH * f64::from(DEVICES),
+        "{}",
+        run.stdout
+    );
+    println!("{} devices ok | {}", reports.len(), run.stdout.trim());
+}

@@ -58,6 +58,11 @@ pub mod reg {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
@@ -298,6 +303,11 @@ impl MmioTransport {
             reg::STATUS => self.device_status(),
             // husk devices never change their config space while running.
             reg::CONFIG_GENERATION => 0,
+            // No device has shared memory regions: length and base -1 say "no such region"
+            // (0 would be a region of length 0 at 0, which Linux tries to reserve).
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             // Write-only and unknown registers read as zero.
             _ => 0,
         }
@@ -318,6 +328,8 @@ impl MmioTransport {
             | reg::QUEUE_DEVICE_LOW
             | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
             reg::QUEUE_NOTIFY => self.forward_notify(value),
+            // Selects a shared memory region; every one reads as absent.
+            reg::SHM_SEL => {}
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
             reg::STATUS => self.write_status(value),
             _ => self.log_bad(format!(
@@ -414,7 +426,8 @@ impl MmioTransport {
             return;
         }
         self.status = new;
-        if added & DRIVER_OK != 0 && !self.interrupt.has_failed() {
+        // A driver that gave up (FAILED) or a device already failed does not start.
+        if added & DRIVER_OK != 0 && new & FAILED == 0 && !self.interrupt.has_failed() {
             self.activate();
         }
     }
@@ -777,7 +790,15 @@ mod tests {
                 reg::DEVICE_FEATURES,
                 reg::QUEUE_NUM_MAX,
             ];
-            if !readable.contains(&offset) {
+            let absent_shm = [
+                reg::SHM_LEN_LOW,
+                reg::SHM_LEN_HIGH,
+                reg::SHM_BASE_LOW,
+                reg::SHM_BASE_HIGH,
+            ];
+            if absent_shm.contains(&offset) {
+                assert_eq!(v, u32::MAX, "register {offset:#x}");
+            } else if !readable.contains(&offset) {
                 assert_eq!(v, 0, "register {offset:#x}");
             }
         }
@@ -911,15 +932,31 @@ mod tests {
         assert_eq!(h.r(reg::STATUS), status::ACKNOWLEDGE);
         h.w(reg::STATUS, status::ACKNOWLEDGE | status::FAILED);
         assert_eq!(h.r(reg::STATUS), status::ACKNOWLEDGE | status::FAILED);
+        // After FAILED, nothing starts.
+        h.w(
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::FAILED | status::DRIVER,
+        );
+        h.w(reg::DRIVER_FEATURES_SEL, 1);
+        h.w(reg::DRIVER_FEATURES, 1);
+        let failed_ok = status::ACKNOWLEDGE | status::FAILED | status::DRIVER | status::FEATURES_OK;
+        h.w(reg::STATUS, failed_ok);
+        h.w(reg::STATUS, failed_ok | status::DRIVER_OK);
+        assert_eq!(h.r(reg::STATUS), failed_ok | status::DRIVER_OK);
+        assert!(!h.t.is_activated());
+        h.w(reg::STATUS, 0);
         // Queue setup before FEATURES_OK is ignored.
+        h.w(reg::STATUS, status::ACKNOWLEDGE);
+        h.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         h.w(reg::QUEUE_SEL, 0);
         h.w(reg::QUEUE_READY, 1);
         assert_eq!(h.r(reg::QUEUE_READY), 0);
         assert_eq!(h.activations(), 0);
     }
 
-    /// Sets up queue 0 with one area moved to `bad` and expects DRIVER_OK to fail the
-    /// device: no activation, NEEDS_RESET, a config-change interrupt.
+    /// Runs `setup` (which spoils queue 0) after FEATURES_OK and expects DRIVER_OK to fail
+    /// the device: no activation, NEEDS_RESET, a config-change interrupt; then checks a
+    /// reset and a good setup bring it up.
     fn expect_refused(setup: impl FnOnce(&mut Harness, &TestRing<'_>)) {
         let m = test_memory();
         let mut h = harness_with(&m, &[16], VIRTIO_F_VERSION_1);
