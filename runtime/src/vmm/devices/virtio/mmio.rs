@@ -206,15 +206,8 @@ impl MmioTransport {
         interrupt: Arc<VirtioInterrupt>,
         notify: Vec<EventFd>,
     ) -> Result<Self, TransportError> {
+        Self::check_device(device.as_ref(), name)?;
         let sizes = device.queue_max_sizes();
-        if sizes.is_empty() {
-            return Err(TransportError::NoQueues { name });
-        }
-        for (index, &size) in sizes.iter().enumerate() {
-            if !size.is_power_of_two() || size > 32768 {
-                return Err(TransportError::BadQueueSize { name, index, size });
-            }
-        }
         if notify.len() != sizes.len() {
             return Err(TransportError::NotifyCount {
                 name,
@@ -241,6 +234,24 @@ impl MmioTransport {
             activated: false,
             logged_bad_accesses: 0,
         })
+    }
+
+    /// Checks what a device says about itself: at least one queue, each with a max size
+    /// that is a power of two up to 32768 (split virtqueues).
+    pub fn check_device(
+        device: &dyn VirtioDevice,
+        name: &'static str,
+    ) -> Result<(), TransportError> {
+        let sizes = device.queue_max_sizes();
+        if sizes.is_empty() {
+            return Err(TransportError::NoQueues { name });
+        }
+        for (index, &size) in sizes.iter().enumerate() {
+            if !size.is_power_of_two() || size > 32768 {
+                return Err(TransportError::BadQueueSize { name, index, size });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the device is running (DRIVER_OK accepted and activation succeeded).
