@@ -4,7 +4,9 @@
 //! from the current rng; with `rng_each=<bytes>` on the command line, instead one
 //! `rng dev=<name> ...` line per virtio_rng device (switching rng_current to each). Then
 //! one `rng irq ...` line per virtio device from /proc/interrupts (its IOAPIC pin and
-//! trigger mode).
+//! trigger mode). With `rng_rebind=1`, first unbinds and rebinds the driver of every
+//! virtio_rng device (a driver reset, then a full re-initialisation) and reports
+//! `rng rebind dev=<virtioN> ok` or what failed.
 
 use std::io::Read;
 use std::time::Instant;
@@ -53,8 +55,36 @@ fn read_sys(name: &str) -> String {
         .unwrap_or_else(|e| format!("unreadable:{}", e.kind()))
 }
 
+const DRIVER: &str = "/sys/bus/virtio/drivers/virtio_rng";
+
+/// Unbinds and rebinds the virtio_rng driver from each of its devices: the transport sees a
+/// reset (status 0) and then a whole new initialisation.
+fn rebind_all() {
+    let devices: Vec<String> = std::fs::read_dir(DRIVER)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("virtio"))
+                .collect()
+        })
+        .unwrap_or_default();
+    if devices.is_empty() {
+        report("rng rebind: no device bound to virtio_rng");
+    }
+    for dev in devices {
+        let step = |what: &str| std::fs::write(format!("{DRIVER}/{what}"), &dev);
+        match step("unbind").and_then(|()| step("bind")) {
+            Ok(()) => report(&format!("rng rebind dev={dev} ok")),
+            Err(e) => report(&format!("rng rebind dev={dev} failed: {e}")),
+        }
+    }
+}
+
 fn main() {
     mount_basics();
+    if param("rng_rebind").is_some() {
+        rebind_all();
+    }
     match param("rng_each").and_then(|v| v.parse::<usize>().ok()) {
         Some(each) => {
             let available = read_sys("rng_available");
