@@ -120,6 +120,12 @@ enum QueueSetupError {
         addr: u64,
         len: u64,
     },
+    #[error(
+        "queue {index}: its driver area is at guest address 0, which virtio-queue treats as unset"
+    )]
+    DriverAreaAtZero { index: usize },
+    #[error("queue {index}: virtio-queue finds it invalid (its rings end outside guest RAM)")]
+    Invalid { index: usize },
     #[error("queue {index}: cannot clone its notify eventfd: {source}")]
     NotifyClone {
         index: usize,
@@ -512,13 +518,11 @@ impl MmioTransport {
             let _ = queue.try_set_used_ring_address(GuestAddress(c.device));
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
+            if c.driver == 0 {
+                return Err(QueueSetupError::DriverAreaAtZero { index });
+            }
             if !queue.is_valid(&self.memory) {
-                return Err(QueueSetupError::OutOfRam {
-                    index,
-                    what: "ring",
-                    addr: c.desc,
-                    len: 0,
-                });
+                return Err(QueueSetupError::Invalid { index });
             }
             let notify = self.notify[index]
                 .try_clone()
@@ -1023,6 +1027,11 @@ mod tests {
         expect_refused(|h, r| {
             h.setup_queue(0, r);
             h.w(reg::QUEUE_DEVICE_LOW, 0x10_0000 - 0x40);
+        });
+        // virtio-queue cannot use a driver area at 0.
+        expect_refused(|h, r| {
+            h.setup_queue(0, r);
+            h.w(reg::QUEUE_DRIVER_LOW, 0);
         });
         // Wraps around the address space.
         expect_refused(|h, r| {
