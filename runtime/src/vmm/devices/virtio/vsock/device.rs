@@ -19,7 +19,7 @@ use super::{guest_log, uapi};
 use crate::vmm::devices::virtio::worker::DeviceWorker;
 use crate::vmm::devices::virtio::{
     ActivateError, Activation, ActiveQueue, Queue, QueueT, VirtioDevice, VirtioInterrupt,
-    TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// The queues, in order: rx, tx, event (virtio 1.2, 5.10.2).
@@ -82,8 +82,10 @@ impl VirtioDevice for Vsock {
 
     fn features(&self) -> u64 {
         // With EVENT_IDX acknowledged the transport enables it on the queues; the worker
-        // always completes through needs_notification, as that requires.
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+        // always completes through needs_notification, as that requires. Indirect tables
+        // (a TX packet's header and payload in one ring slot) are followed and checked by
+        // virtio-queue's chain iterator like direct descriptors.
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {

@@ -37,6 +37,7 @@ const TX_SLOT_BASE: u64 = 0x40_0000;
 const TX_SLOT_STRIDE: u64 = 0x11000;
 const VRING_DESC_F_NEXT: u16 = 1;
 const VRING_DESC_F_WRITE: u16 = 2;
+const VRING_DESC_F_INDIRECT: u16 = 4;
 const WAIT: Duration = Duration::from_secs(10);
 
 /// The driver's side of one split virtqueue.
@@ -452,7 +453,29 @@ fn payloads_split_anywhere_across_descriptors_arrive_whole() {
         descs.push((at, *len as u32, 0));
     }
     h.send_raw(&descs);
-    assert_eq!(read_exactly(&mut host, 8000), pattern(0, 8000));
+    // Header and payload through an indirect table (VRING_DESC_F_INDIRECT), as Linux
+    // sends them when INDIRECT_DESC is negotiated.
+    let data3 = pattern(8000, 1000);
+    let (table, hdr_at, data_at) = (base + 0x20000, base + 0x21000, base + 0x22000);
+    h.mem
+        .write_slice(&rw(1300, 5010, &data3).to_bytes(), GuestAddress(hdr_at))
+        .unwrap();
+    h.mem.write_slice(&data3, GuestAddress(data_at)).unwrap();
+    for (i, (addr, len, flags, next)) in [
+        (hdr_at, HEADER_SIZE as u32, VRING_DESC_F_NEXT, 1u16),
+        (data_at, data3.len() as u32, 0, 0),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let at = table + 16 * i as u64;
+        h.mem.write_obj(addr, GuestAddress(at)).unwrap();
+        h.mem.write_obj(len, GuestAddress(at + 8)).unwrap();
+        h.mem.write_obj(flags, GuestAddress(at + 12)).unwrap();
+        h.mem.write_obj(next, GuestAddress(at + 14)).unwrap();
+    }
+    h.send_raw(&[(table, 32, VRING_DESC_F_INDIRECT)]);
+    assert_eq!(read_exactly(&mut host, 9000), pattern(0, 9000));
 }
 
 #[test]
