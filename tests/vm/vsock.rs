@@ -187,12 +187,13 @@ fn guest_to_host_stream_survives_a_slow_reader_without_loss() {
     assert!(!uds.exists(), "{} left behind", uds.display());
     let fast_mib = (got - fast_from) as f64 / (1 << 20) as f64;
     eprintln!(
-        "vsock guest->host: {mib} MiB verified; slow phase {} MiB in {:.1} s; full speed {:.0} MiB in {:.2} s = {:.1} MiB/s",
+        "vsock guest->host: {mib} MiB verified; slow phase {} MiB in {:.1} s; full speed {:.0} MiB in {:.2} s = {:.1} MiB/s; husk: {}",
         fast_from >> 20,
         slow.as_secs_f64(),
         fast_mib,
         fast.as_secs_f64(),
-        fast_mib / fast.as_secs_f64()
+        fast_mib / fast.as_secs_f64(),
+        run.stdout.trim()
     );
 }
 

@@ -340,6 +340,8 @@ impl Connection {
             ) => {
                 self.pending |= pending::CREDIT_UPDATE;
             }
+            // Closing: nothing more will be sent its way anyway.
+            (uapi::VIRTIO_VSOCK_OP_CREDIT_REQUEST, ConnState::LocalClosed) => {}
             (op, state) => {
                 guest_log!(
                     "unexpected op {op} in state {state:?} (host port {}, guest port {}): resetting",

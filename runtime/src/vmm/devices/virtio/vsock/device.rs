@@ -19,11 +19,14 @@ use super::{guest_log, uapi};
 use crate::vmm::devices::virtio::worker::DeviceWorker;
 use crate::vmm::devices::virtio::{
     ActivateError, Activation, ActiveQueue, Queue, QueueT, VirtioDevice, VirtioInterrupt,
-    TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
+    TYPE_VSOCK, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 
 /// The queues, in order: rx, tx, event (virtio 1.2, 5.10.2).
 const QUEUE_SIZES: [u16; 3] = [256; 3];
+/// Chains served per queue before the worker looks at its epoll set again: a guest that
+/// keeps a queue busy cannot keep the worker from its sockets or from being stopped.
+const BUDGET: usize = 256;
 
 /// A virtio-vsock device whose host side is the unix socket at `uds_path` (see the module
 /// documentation of [`super`] for the conventions).
@@ -79,8 +82,10 @@ impl VirtioDevice for Vsock {
 
     fn features(&self) -> u64 {
         // With EVENT_IDX acknowledged the transport enables it on the queues; the worker
-        // always completes through needs_notification, as that requires.
-        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
+        // always completes through needs_notification, as that requires. Indirect tables
+        // (a TX packet's header and payload in one ring slot) are followed and checked by
+        // virtio-queue's chain iterator like direct descriptors.
+        VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX | VIRTIO_RING_F_INDIRECT_DESC
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
@@ -128,6 +133,8 @@ impl VirtioDevice for Vsock {
             tx,
             _event: ev,
             tx_paused: false,
+            tx_more: false,
+            rx_more: false,
         };
         let worker = DeviceWorker::spawn("husk-vsock".into(), move |stop| worker.run(stop))
             .map_err(ActivateError::Worker)?;
@@ -198,6 +205,9 @@ struct Worker {
     _event: ActiveQueue,
     /// TX processing waits for RX buffers (see [`VsockMuxer::tx_blocked`]).
     tx_paused: bool,
+    /// A queue's budget ran out with work left: poll without sleeping, then go on.
+    tx_more: bool,
+    rx_more: bool,
 }
 
 impl Worker {
@@ -216,7 +226,11 @@ impl Worker {
     fn event_loop(&mut self) -> Result<(), WorkerError> {
         let mut events = vec![EpollEvent::default(); 64];
         loop {
-            let timeout = self.muxer.next_timeout_ms();
+            let timeout = if self.tx_more || self.rx_more {
+                0
+            } else {
+                self.muxer.next_timeout_ms()
+            };
             let n = match self.muxer.epoll().wait(timeout, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -248,18 +262,15 @@ impl Worker {
 
     fn process_queues(&mut self, tx_kicked: bool) -> Result<(), WorkerError> {
         let mut signal = false;
-        if tx_kicked || self.tx_paused {
+        if tx_kicked || self.tx_paused || self.tx_more {
             signal |= self.process_tx()?;
         }
-        loop {
+        signal |= self.process_rx()?;
+        // RX buffers made room for the RSTs TX was waiting on: go on with TX, then
+        // deliver what it produced.
+        if self.tx_paused && !self.muxer.tx_blocked() {
+            signal |= self.process_tx()?;
             signal |= self.process_rx()?;
-            // RX buffers made room for the RSTs TX was waiting on: go on with TX, then
-            // deliver what it produced.
-            if self.tx_paused && !self.muxer.tx_blocked() {
-                signal |= self.process_tx()?;
-                continue;
-            }
-            break;
         }
         if signal {
             self.interrupt.signal_used_queue();
@@ -271,12 +282,18 @@ impl Worker {
     fn process_tx(&mut self) -> Result<bool, WorkerError> {
         let mem = &self.memory;
         let queue = &mut self.tx.queue;
-        let mut used = false;
+        let mut served = 0;
         self.tx_paused = false;
+        self.tx_more = false;
         queue.disable_notification(mem).map_err(tx_err)?;
         loop {
             if self.muxer.tx_blocked() {
                 self.tx_paused = true;
+                break;
+            }
+            if served == BUDGET {
+                // Notifications stay off: the worker comes back at once.
+                self.tx_more = true;
                 break;
             }
             let Some(chain) = pop_chain(queue, mem).map_err(tx_err)? else {
@@ -293,12 +310,12 @@ impl Worker {
                 Err(e) => guest_log!("dropping a TX packet: {e}"),
             }
             queue.add_used(mem, head, 0).map_err(tx_err)?;
-            used = true;
+            served += 1;
         }
         if self.tx_paused {
             queue.enable_notification(mem).map_err(tx_err)?;
         }
-        Ok(used && queue.needs_notification(mem).map_err(tx_err)?)
+        Ok(served > 0 && queue.needs_notification(mem).map_err(tx_err)?)
     }
 
     /// Fills RX buffers while the muxer has packets for the guest. Returns whether the
@@ -306,8 +323,13 @@ impl Worker {
     fn process_rx(&mut self) -> Result<bool, WorkerError> {
         let mem = &self.memory;
         let queue = &mut self.rx.queue;
-        let mut used = false;
+        let mut served = 0;
+        self.rx_more = false;
         while self.muxer.has_pending_rx() {
+            if served == BUDGET {
+                self.rx_more = true;
+                break;
+            }
             let Some(chain) = pop_chain(queue, mem).map_err(rx_err)? else {
                 // Out of buffers: ask for a kick when the driver adds some, then look again.
                 if queue.enable_notification(mem).map_err(rx_err)? {
@@ -321,14 +343,14 @@ impl Worker {
                 Err(e) => {
                     guest_log!("returning an unusable RX buffer: {e}");
                     queue.add_used(mem, head, 0).map_err(rx_err)?;
-                    used = true;
+                    served += 1;
                     continue;
                 }
             };
             match self.muxer.recv_for_guest(&rx, mem)? {
                 Some(len) => {
                     queue.add_used(mem, head, len).map_err(rx_err)?;
-                    used = true;
+                    served += 1;
                 }
                 None => {
                     // Nothing was owed after all: the buffer stays the driver's.
@@ -337,6 +359,6 @@ impl Worker {
                 }
             }
         }
-        Ok(used && queue.needs_notification(mem).map_err(rx_err)?)
+        Ok(served > 0 && queue.needs_notification(mem).map_err(rx_err)?)
     }
 }
