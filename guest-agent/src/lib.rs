@@ -20,6 +20,7 @@ pub mod vsock;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,24 +46,47 @@ pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// when it learns the exit status.
 pub const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// Where each container's own view of its root is mounted (`<dir>/<id>/root`).
+pub const DEFAULT_CONTAINERS_DIR: &str = "/run/husk/containers";
+
+/// What an [`Agent`] may be told apart from its defaults (tests use other values).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a request waits for the stdio streams it announced.
+    pub stream_wait: Duration,
+    /// Where container roots are bound, one directory per container.
+    pub containers_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_wait: DEFAULT_STREAM_WAIT,
+            containers_dir: PathBuf::from(DEFAULT_CONTAINERS_DIR),
+        }
+    }
+}
+
 /// Everything the guest runs for the host: containers, their processes, parked streams.
 pub struct Agent {
     reaper: Reaper,
     streams: StreamPark,
+    containers_dir: PathBuf,
     containers: Mutex<HashMap<String, Arc<Container>>>,
 }
 
 impl Agent {
     /// The agent over the process-wide reaper (every child must be spawned through it).
     pub fn new(reaper: Reaper) -> Agent {
-        Agent::with_stream_wait(reaper, DEFAULT_STREAM_WAIT)
+        Agent::with_settings(reaper, Settings::default())
     }
 
-    /// [`Agent::new`] with another wait for announced stdio streams (tests).
-    pub fn with_stream_wait(reaper: Reaper, stream_wait: Duration) -> Agent {
+    /// [`Agent::new`] with other [`Settings`].
+    pub fn with_settings(reaper: Reaper, settings: Settings) -> Agent {
         Agent {
             reaper,
-            streams: StreamPark::new(stream_wait),
+            streams: StreamPark::new(settings.stream_wait),
+            containers_dir: settings.containers_dir,
             containers: Mutex::new(HashMap::new()),
         }
     }
@@ -127,7 +151,14 @@ impl Agent {
                     container::check_terminal(process, stdio)?;
                 }
                 let streams = self.streams.claim(&ProcessRef::init(id.as_str()), stdio)?;
-                let container = Container::create(&self.reaper, &id, &spec, stdio, streams)?;
+                let container = Container::create(
+                    &self.reaper,
+                    &self.containers_dir.join(&id),
+                    &id,
+                    &spec,
+                    stdio,
+                    streams,
+                )?;
                 let pid = container.init().pid();
                 let mut containers = lock(&self.containers);
                 if containers.contains_key(&id) {
