@@ -9,8 +9,8 @@
 //! every process left in the root is killed, as at the end of a pid namespace.
 //!
 //! What the next issue slots in here: namespaces (then `signal_all` and the end of the
-//! init become "every process of the pid namespace"), pivot_root instead of chroot, the spec's other mounts,
-//! cgroups, capabilities, rlimits, seccomp. The process core's
+//! init become "every process of the pid namespace"), pivot_root instead of chroot, the
+//! spec's other mounts, cgroups, capabilities, rlimits, seccomp. The process core's
 //! [`Reaper::register_with`] is the seam for a spawner that needs its own clone flags.
 
 use std::collections::HashMap;
@@ -34,8 +34,7 @@ pub struct Container {
 }
 
 impl Container {
-    /// Prepares the root and spawns `spec.process` parked before exec.
-    /// `dir` is the container's own directory: its view of the root is bound at
+    /// Prepares the root and spawns `spec.process` parked before exec. `dir` is the container's own directory: its view of the root is bound at
     /// `dir/root`, so `/proc/N/root` tells its processes from another container's even
     /// when both use the same `root.path`.
     pub fn create(
@@ -101,11 +100,6 @@ impl Container {
             ));
         }
         self.init.start()
-    }
-
-    /// Kills the parked init of a container that will not be kept.
-    pub fn discard(&self) {
-        let _ = self.init.signal(libc::SIGKILL);
     }
 
     /// Runs `process` in the container's root at once; returns its pid.

@@ -72,7 +72,13 @@ pub struct Agent {
     reaper: Reaper,
     streams: StreamPark,
     containers_dir: PathBuf,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    containers: Mutex<HashMap<String, Slot>>,
+}
+
+/// A container id's entry: reserved while its create runs, then the container.
+enum Slot {
+    Creating,
+    Ready(Arc<Container>),
 }
 
 impl Agent {
@@ -141,36 +147,39 @@ impl Agent {
             Request::CreateContainer { id, spec, stdio } => {
                 validate_id(&id)?;
                 stdio.validate()?;
-                if lock(&self.containers).contains_key(&id) {
-                    return Err(AgentError::new(
-                        ErrorKind::AlreadyExists,
-                        format!("container {id} already exists"),
-                    ));
-                }
                 if let Some(process) = spec.process() {
                     container::check_terminal(process, stdio)?;
                 }
-                let streams = self.streams.claim(&ProcessRef::init(id.as_str()), stdio)?;
-                let container = Container::create(
-                    &self.reaper,
-                    &self.containers_dir.join(&id),
-                    &id,
-                    &spec,
-                    stdio,
-                    streams,
-                )?;
-                let pid = container.init().pid();
-                let mut containers = lock(&self.containers);
-                if containers.contains_key(&id) {
-                    // Lost a race with a concurrent create of the same id: ours goes.
-                    container.discard();
-                    return Err(AgentError::new(
-                        ErrorKind::AlreadyExists,
-                        format!("container {id} already exists"),
-                    ));
+                // Reserve the id first: two creates of one id must not share its mounts.
+                {
+                    let mut containers = lock(&self.containers);
+                    if containers.contains_key(&id) {
+                        return Err(AgentError::new(
+                            ErrorKind::AlreadyExists,
+                            format!("container {id} already exists"),
+                        ));
+                    }
+                    containers.insert(id.clone(), Slot::Creating);
                 }
-                containers.insert(id, Arc::new(container));
-                Ok(Response::Pid { pid })
+                let created = self
+                    .streams
+                    .claim(&ProcessRef::init(id.as_str()), stdio)
+                    .and_then(|streams| {
+                        let dir = self.containers_dir.join(&id);
+                        Container::create(&self.reaper, &dir, &id, &spec, stdio, streams)
+                    });
+                let mut containers = lock(&self.containers);
+                match created {
+                    Ok(container) => {
+                        let pid = container.init().pid();
+                        containers.insert(id, Slot::Ready(Arc::new(container)));
+                        Ok(Response::Pid { pid })
+                    }
+                    Err(e) => {
+                        containers.remove(&id);
+                        Err(e)
+                    }
+                }
             }
             Request::StartContainer { id } => {
                 self.container(&id)?.start()?;
@@ -234,10 +243,10 @@ impl Agent {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
-        lock(&self.containers)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| AgentError::not_found(format!("container {id}")))
+        match lock(&self.containers).get(id) {
+            Some(Slot::Ready(c)) => Ok(c.clone()),
+            Some(Slot::Creating) | None => Err(AgentError::not_found(format!("container {id}"))),
+        }
     }
 }
 
