@@ -5,11 +5,12 @@
 //! mounted inside it: proc, sysfs (read-only), the guest's /dev (bound recursively, so
 //! /dev/pts and /dev/shm come along) and the spec's tmpfs mounts outside those three.
 //! The init process is spawned parked before exec ([`SpawnOptions::start_gated`]) and
-//! execs on `StartContainer`; execs run at once in the same root.
+//! execs on `StartContainer`; execs run at once in the same root. When the init exits,
+//! every process left in the root is killed, as at the end of a pid namespace.
 //!
-//! What the next issue slots in here: namespaces (then `signal_all` becomes "every
-//! process of the pid namespace"), pivot_root instead of chroot, the spec's other mounts,
-//! cgroups, capabilities, rlimits, seccomp. The process core's
+//! What the next issue slots in here: namespaces (then `signal_all` and the end of the
+//! init become "every process of the pid namespace"), pivot_root instead of chroot, the
+//! spec's other mounts, cgroups, capabilities, rlimits, seccomp. The process core's
 //! [`Reaper::register_with`] is the seam for a spawner that needs its own clone flags.
 
 use std::collections::HashMap;
@@ -33,9 +34,12 @@ pub struct Container {
 }
 
 impl Container {
-    /// Prepares the root and spawns `spec.process` parked before exec.
+    /// Prepares the root and spawns `spec.process` parked before exec. `dir` is the container's own directory: its view of the root is bound at
+    /// `dir/root`, so `/proc/N/root` tells its processes from another container's even
+    /// when both use the same `root.path`.
     pub fn create(
         reaper: &Reaper,
+        dir: &Path,
         id: &str,
         spec: &Spec,
         stdio: StdioConfig,
@@ -48,19 +52,39 @@ impl Container {
             )
         })?;
         check_terminal(process, stdio)?;
-        let root = container_root(id, spec)?;
-        prepare_root(&root, spec.mounts().as_deref().unwrap_or(&[]))?;
+        let source = container_root(id, spec)?;
+        let root = bind_root(&source, &dir.join("root"))?;
         let options = SpawnOptions {
             root: Some(root.clone()),
             start_gated: true,
         };
-        let init = spawn_with(reaper, process, streams, &options)?;
-        Ok(Container {
+        let init = prepare_root(&root, spec.mounts().as_deref().unwrap_or(&[]))
+            .and_then(|()| spawn_with(reaper, process, streams, &options))
+            .inspect_err(|_| mounts::detach(&root))?;
+        let container = Container {
             id: id.to_owned(),
             root,
             init: Arc::new(init),
             execs: Mutex::new(HashMap::new()),
-        })
+        };
+        container.end_with_init();
+        Ok(container)
+    }
+
+    /// When the init process exits, every other process of the container is killed, as
+    /// the end of a pid namespace would (which replaces this once namespaces come).
+    fn end_with_init(&self) {
+        let exit = self.init.exit_watch();
+        let root = self.root.clone();
+        let spawned = std::thread::Builder::new()
+            .name("husk-init-watch".into())
+            .spawn(move || {
+                exit.wait();
+                let _ = signal_processes_in(&root, libc::SIGKILL);
+            });
+        if let Err(e) = spawned {
+            eprintln!("husk-agent: container {}: no init watcher: {e}", self.id);
+        }
     }
 
     pub fn init(&self) -> &Child {
@@ -76,11 +100,6 @@ impl Container {
             ));
         }
         self.init.start()
-    }
-
-    /// Kills the parked init of a container that will not be kept.
-    pub fn discard(&self) {
-        let _ = self.init.signal(libc::SIGKILL);
     }
 
     /// Runs `process` in the container's root at once; returns its pid.
@@ -134,38 +153,7 @@ impl Container {
     /// Sends `signal` to every process whose root is the container's (its init, its
     /// execs and everything they started). `NotFound` when none is left.
     pub fn signal_all(&self, signal: i32) -> Result<(), AgentError> {
-        let mut found = 0;
-        let entries = std::fs::read_dir("/proc")
-            .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
-        let me = std::process::id() as i32;
-        for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            if pid == me
-                || std::fs::read_link(entry.path().join("root")).ok() != Some(self.root.clone())
-            {
-                continue;
-            }
-            // SAFETY: plain syscall. A process that exited meanwhile (ESRCH) is not
-            // counted.
-            if unsafe { libc::kill(pid, signal) } == 0 {
-                found += 1;
-            } else {
-                let e = Errno::last();
-                if e == Errno::EINVAL {
-                    return Err(AgentError::new(
-                        ErrorKind::InvalidArgument,
-                        format!("signal {signal}: {}", errno_text(e)),
-                    ));
-                }
-            }
-        }
-        if found == 0 {
+        if signal_processes_in(&self.root, signal)? == 0 {
             return Err(AgentError::not_found(format!(
                 "running processes of container {}",
                 self.id
@@ -173,6 +161,41 @@ impl Container {
         }
         Ok(())
     }
+}
+
+/// Sends `signal` to every process whose root is `root`; returns how many got it.
+fn signal_processes_in(root: &Path, signal: i32) -> Result<usize, AgentError> {
+    let mut found = 0;
+    let entries = std::fs::read_dir("/proc")
+        .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
+    let me = std::process::id() as i32;
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if pid == me
+            || std::fs::read_link(entry.path().join("root"))
+                .ok()
+                .as_deref()
+                != Some(root)
+        {
+            continue;
+        }
+        // SAFETY: plain syscall. A process that exited meanwhile (ESRCH) is not counted.
+        if unsafe { libc::kill(pid, signal) } == 0 {
+            found += 1;
+        } else if Errno::last() == Errno::EINVAL {
+            return Err(AgentError::new(
+                ErrorKind::InvalidArgument,
+                format!("signal {signal}: {}", errno_text(Errno::EINVAL)),
+            ));
+        }
+    }
+    Ok(found)
 }
 
 /// The tty is one stream: the process and the host must agree on having one.
@@ -215,6 +238,15 @@ fn container_root(id: &str, spec: &Spec) -> Result<PathBuf, AgentError> {
         ));
     }
     Ok(canonical)
+}
+
+/// Binds `source` (recursively) at `target`; returns the canonical `target`.
+fn bind_root(source: &Path, target: &Path) -> Result<PathBuf, AgentError> {
+    mounts::rbind(source, target)?;
+    std::fs::canonicalize(target).map_err(|e| {
+        mounts::detach(target);
+        AgentError::internal(format!("container root {}: {e}", target.display()))
+    })
 }
 
 /// The kernel filesystems inside the root. Each is skipped when something is already

@@ -20,6 +20,7 @@ pub mod vsock;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -45,24 +46,53 @@ pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// when it learns the exit status.
 pub const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(2);
 
+/// Where each container's own view of its root is mounted (`<dir>/<id>/root`).
+pub const DEFAULT_CONTAINERS_DIR: &str = "/run/husk/containers";
+
+/// What an [`Agent`] may be told apart from its defaults (tests use other values).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// How long a request waits for the stdio streams it announced.
+    pub stream_wait: Duration,
+    /// Where container roots are bound, one directory per container.
+    pub containers_dir: PathBuf,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            stream_wait: DEFAULT_STREAM_WAIT,
+            containers_dir: PathBuf::from(DEFAULT_CONTAINERS_DIR),
+        }
+    }
+}
+
 /// Everything the guest runs for the host: containers, their processes, parked streams.
 pub struct Agent {
     reaper: Reaper,
     streams: StreamPark,
-    containers: Mutex<HashMap<String, Arc<Container>>>,
+    containers_dir: PathBuf,
+    containers: Mutex<HashMap<String, Slot>>,
+}
+
+/// A container id's entry: reserved while its create runs, then the container.
+enum Slot {
+    Creating,
+    Ready(Arc<Container>),
 }
 
 impl Agent {
     /// The agent over the process-wide reaper (every child must be spawned through it).
     pub fn new(reaper: Reaper) -> Agent {
-        Agent::with_stream_wait(reaper, DEFAULT_STREAM_WAIT)
+        Agent::with_settings(reaper, Settings::default())
     }
 
-    /// [`Agent::new`] with another wait for announced stdio streams (tests).
-    pub fn with_stream_wait(reaper: Reaper, stream_wait: Duration) -> Agent {
+    /// [`Agent::new`] with other [`Settings`].
+    pub fn with_settings(reaper: Reaper, settings: Settings) -> Agent {
         Agent {
             reaper,
-            streams: StreamPark::new(stream_wait),
+            streams: StreamPark::new(settings.stream_wait),
+            containers_dir: settings.containers_dir,
             containers: Mutex::new(HashMap::new()),
         }
     }
@@ -117,29 +147,39 @@ impl Agent {
             Request::CreateContainer { id, spec, stdio } => {
                 validate_id(&id)?;
                 stdio.validate()?;
-                if lock(&self.containers).contains_key(&id) {
-                    return Err(AgentError::new(
-                        ErrorKind::AlreadyExists,
-                        format!("container {id} already exists"),
-                    ));
-                }
                 if let Some(process) = spec.process() {
                     container::check_terminal(process, stdio)?;
                 }
-                let streams = self.streams.claim(&ProcessRef::init(id.as_str()), stdio)?;
-                let container = Container::create(&self.reaper, &id, &spec, stdio, streams)?;
-                let pid = container.init().pid();
-                let mut containers = lock(&self.containers);
-                if containers.contains_key(&id) {
-                    // Lost a race with a concurrent create of the same id: ours goes.
-                    container.discard();
-                    return Err(AgentError::new(
-                        ErrorKind::AlreadyExists,
-                        format!("container {id} already exists"),
-                    ));
+                // Reserve the id first: two creates of one id must not share its mounts.
+                {
+                    let mut containers = lock(&self.containers);
+                    if containers.contains_key(&id) {
+                        return Err(AgentError::new(
+                            ErrorKind::AlreadyExists,
+                            format!("container {id} already exists"),
+                        ));
+                    }
+                    containers.insert(id.clone(), Slot::Creating);
                 }
-                containers.insert(id, Arc::new(container));
-                Ok(Response::Pid { pid })
+                let created = self
+                    .streams
+                    .claim(&ProcessRef::init(id.as_str()), stdio)
+                    .and_then(|streams| {
+                        let dir = self.containers_dir.join(&id);
+                        Container::create(&self.reaper, &dir, &id, &spec, stdio, streams)
+                    });
+                let mut containers = lock(&self.containers);
+                match created {
+                    Ok(container) => {
+                        let pid = container.init().pid();
+                        containers.insert(id, Slot::Ready(Arc::new(container)));
+                        Ok(Response::Pid { pid })
+                    }
+                    Err(e) => {
+                        containers.remove(&id);
+                        Err(e)
+                    }
+                }
             }
             Request::StartContainer { id } => {
                 self.container(&id)?.start()?;
@@ -203,10 +243,10 @@ impl Agent {
     }
 
     fn container(&self, id: &str) -> Result<Arc<Container>, AgentError> {
-        lock(&self.containers)
-            .get(id)
-            .cloned()
-            .ok_or_else(|| AgentError::not_found(format!("container {id}")))
+        match lock(&self.containers).get(id) {
+            Some(Slot::Ready(c)) => Ok(c.clone()),
+            Some(Slot::Creating) | None => Err(AgentError::not_found(format!("container {id}"))),
+        }
     }
 }
 

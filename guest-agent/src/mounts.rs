@@ -167,3 +167,8 @@ pub fn is_mount_point(path: &Path) -> bool {
         .map(|p| p.dev() != meta.dev())
         .unwrap_or(false)
 }
+
+/// Lazily unmounts `path` and everything below it (cleanup after a failed create).
+pub fn detach(path: &Path) {
+    let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use husk_agent::Agent;
+use husk_agent::{Agent, Settings};
 use husk_protocol::process::Reaper;
 use husk_protocol::{
     open_stdio_stream, Client, ErrorKind, ExitStatus, ProcessRef, ProtocolError, ServeEnd,
@@ -31,6 +31,14 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 struct Env {
     agent: Arc<Agent>,
     rootfs: PathBuf,
+    containers: PathBuf,
+}
+
+impl Env {
+    /// Where the agent bound container `id`'s root.
+    fn root_of(&self, id: &str) -> PathBuf {
+        self.containers.join(id).join("root")
+    }
 }
 
 type Test = (&'static str, fn(&Env));
@@ -65,11 +73,15 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("husk-agent-test-{}", std::process::id()));
     let rootfs = build_rootfs(&dir);
     let env = Env {
-        agent: Arc::new(Agent::with_stream_wait(
+        agent: Arc::new(Agent::with_settings(
             Reaper::start().expect("reaper"),
-            Duration::from_secs(2),
+            Settings {
+                stream_wait: Duration::from_secs(2),
+                containers_dir: dir.join("containers"),
+            },
         )),
         rootfs,
+        containers: dir.join("containers"),
     };
     let tests: &[Test] = &[
         ("create_start_wait_exit_code", create_start_wait_exit_code),
@@ -81,6 +93,10 @@ fn main() {
         ("signal_one_process", signal_one_process),
         ("signal_all_processes", signal_all_processes),
         ("exec_in_the_same_root", exec_in_the_same_root),
+        (
+            "containers_on_one_root_stay_apart",
+            containers_on_one_root_stay_apart,
+        ),
         ("missing_command_is_127", missing_command_is_127),
         ("env_cwd_user_applied", env_cwd_user_applied),
         ("orphans_are_reaped", orphans_are_reaped),
@@ -388,7 +404,7 @@ fn init_waits_for_start(env: &Env) {
     // And the container's kernel filesystems are there.
     for dir in ["proc", "sys", "dev"] {
         assert!(
-            husk_agent::mounts::is_mount_point(&env.rootfs.join(dir)),
+            husk_agent::mounts::is_mount_point(&env.root_of(&id).join(dir)),
             "/{dir} is not mounted in the rootfs"
         );
     }
@@ -496,7 +512,7 @@ fn signal_all_processes(env: &Env) {
     let mut out = s.stdout.unwrap();
     let mut ready = [0u8; 6];
     out.read_exact(&mut ready).unwrap();
-    let in_root = || count_processes_in(&env.rootfs);
+    let in_root = || count_processes_in(&env.root_of(&id));
     assert_eq!(in_root(), 3, "sh and two sleeps in the root");
     connect(env)
         .signal(init.clone(), libc::SIGKILL, true)
@@ -558,15 +574,49 @@ fn exec_in_the_same_root(env: &Env) {
     // A missing command in an exec is 127 too.
     let e = agent_error(c.exec_process(&id, "e2", process(&["nope"]), StdioConfig::default()));
     assert_eq!(e.kind, ErrorKind::ExecutableNotFound, "{e}");
+    // When the init goes, the rest of the container goes with it.
+    c.exec_process(
+        &id,
+        "e4",
+        process(&["sleep", "100"]),
+        StdioConfig::default(),
+    )
+    .unwrap();
     c.signal(ProcessRef::init(id.as_str()), libc::SIGKILL, false)
         .unwrap();
     assert_eq!(
         wait(env, ProcessRef::init(id.as_str())),
         ExitStatus::Signaled(9)
     );
+    assert_eq!(
+        wait(env, ProcessRef::exec(id.as_str(), "e4")),
+        ExitStatus::Signaled(9)
+    );
     // No exec into a container whose init is gone.
     let e = agent_error(c.exec_process(&id, "e3", process(&["true"]), StdioConfig::default()));
     assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+}
+
+fn containers_on_one_root_stay_apart(env: &Env) {
+    let (long, _s) = run(env, &["sleep", "100"], StdioConfig::default());
+    let (short, _s) = run(env, &["true"], StdioConfig::default());
+    assert_eq!(
+        wait(env, ProcessRef::init(short.as_str())),
+        ExitStatus::Exited(0)
+    );
+    // The end of `short` (which kills what is left in its root) spares `long`.
+    thread::sleep(Duration::from_millis(200));
+    let mut c = connect(env);
+    c.signal(ProcessRef::init(long.as_str()), 0, false).unwrap();
+    assert_eq!(count_processes_in(&env.root_of(&long)), 1);
+    let e = agent_error(c.signal(ProcessRef::init(short.as_str()), libc::SIGKILL, true));
+    assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
+    c.signal(ProcessRef::init(long.as_str()), libc::SIGKILL, true)
+        .unwrap();
+    assert_eq!(
+        wait(env, ProcessRef::init(long.as_str())),
+        ExitStatus::Signaled(9)
+    );
 }
 
 fn missing_command_is_127(env: &Env) {
@@ -634,7 +684,7 @@ fn orphans_are_reaped(env: &Env) {
         thread::sleep(Duration::from_millis(20));
     }
     assert!(env.agent.orphans_reaped() >= before + 2);
-    assert_eq!(count_processes_in(&env.rootfs), 0, "no zombie left");
+    assert_eq!(count_processes_in(&env.root_of(&id)), 0, "no zombie left");
 }
 
 fn errors_are_clear(env: &Env) {
@@ -741,6 +791,7 @@ fn concurrent_waiters(env: &Env) {
                 let env = Env {
                     agent,
                     rootfs: PathBuf::new(),
+                    containers: PathBuf::new(),
                 };
                 wait(&env, init)
             })
