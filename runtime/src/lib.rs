@@ -6,4 +6,5 @@
 pub mod assets;
 pub mod cli;
 pub mod initramfs;
+pub mod oci;
 pub mod vmm;
