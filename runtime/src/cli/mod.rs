@@ -167,6 +167,9 @@ fn logger_from_raw_args(args: &[String]) -> Logger {
                 }
             }
             "--debug" => debug = true,
+            "--root" | "--rootless" => {
+                it.next();
+            }
             _ if a.starts_with("--log=") => log = Some(PathBuf::from(&a[6..])),
             _ if a.starts_with("--log-format=") => {
                 format = if &a[13..] == "json" {

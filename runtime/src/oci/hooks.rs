@@ -8,7 +8,7 @@
 
 use std::io::{self, Read, Write};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::{Hook, Hooks};
@@ -135,19 +135,33 @@ fn run_one(kind: HookKind, hook: &Hook, input: &[u8]) -> Result<(), HookError> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(input);
     }
-    let (stderr_tx, stderr_rx) = mpsc::channel();
+    // The text so far is shared, so that what a hook wrote is kept even when a
+    // daemon it left behind holds its stderr open past its exit.
+    let text = Arc::new(Mutex::new(Vec::new()));
+    let (eof_tx, eof_rx) = mpsc::channel::<()>();
     if let Some(mut err) = child.stderr.take() {
+        let text = text.clone();
         std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = (&mut err).take(STDERR_LIMIT as u64).read_to_end(&mut buf);
-            // Drain the rest so the hook never blocks on a full pipe.
-            let _ = io::copy(&mut err, &mut io::sink());
-            let _ = stderr_tx.send(String::from_utf8_lossy(&buf).into_owned());
+            let mut chunk = [0u8; 1024];
+            loop {
+                match err.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if let Ok(mut t) = text.lock() {
+                            let room = STDERR_LIMIT.saturating_sub(t.len());
+                            t.extend_from_slice(&chunk[..n.min(room)]);
+                        }
+                    }
+                }
+            }
+            let _ = eof_tx.send(());
         });
     }
-    // A daemon the hook left behind may hold its stderr open: wait for the text only
-    // briefly once the hook itself is gone.
-    let stderr = move || stderr_rx.recv_timeout(STDERR_GRACE).unwrap_or_default();
+    let stderr = move || {
+        let _ = eof_rx.recv_timeout(STDERR_GRACE);
+        let t = text.lock().map(|t| t.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&t).into_owned()
+    };
     let deadline = hook.timeout().map(|secs| {
         (
             secs,
@@ -285,6 +299,24 @@ mod tests {
             .to_string();
         assert!(started.elapsed() < Duration::from_secs(20));
         assert_eq!(e, "poststart hook /bin/sh timed out after 1 s: waiting");
+    }
+
+    #[test]
+    fn a_daemon_holding_the_hooks_stderr_does_not_hang_it() {
+        let hooks = HooksBuilder::default()
+            .poststop(vec![sh("echo bye >&2; sleep 3 & exit 2", None)])
+            .build()
+            .unwrap();
+        let started = Instant::now();
+        let e = run(HookKind::Poststop, Some(&hooks), &state())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(e, "poststop hook /bin/sh failed: exit status: 2: bye");
     }
 
     #[test]

@@ -620,3 +620,256 @@ fn command_process(spec: Spec, command: &ExecProcess) -> Result<Process> {
     }
     Ok(p)
 }
+
+#[cfg(test)]
+mod tests {
+    //! The lifecycle over a test backend whose "VMM" is a real `sleep` process: what
+    //! the runtime does around the backend (records, status, hooks, pid file, clean-up
+    //! on failure) without a VM.
+
+    use super::*;
+    use crate::oci::log::LogFormat;
+    use serde_json::json;
+    use std::sync::Mutex;
+
+    /// Host processes are real children; the calls are recorded.
+    #[derive(Default)]
+    struct SleepBackend {
+        calls: std::sync::Arc<Mutex<Vec<String>>>,
+        fail_build: bool,
+    }
+
+    // The children are reaped by the runtime (wait_child) or by the test that killed
+    // them, as a VMM child would be by its client; clippy cannot see that.
+    #[allow(clippy::zombie_processes)]
+    impl Backend for SleepBackend {
+        fn boot(&self, r: &CreateRequest<'_>) -> std::result::Result<HostProcess, BackendError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("boot {} vcpus={}", r.id, r.vm.vcpus));
+            let child = std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .unwrap();
+            Ok(HostProcess::of_pid(child.id() as i32).unwrap())
+        }
+        fn build(
+            &self,
+            c: &Container,
+            _: &CreateRequest<'_>,
+        ) -> std::result::Result<(), BackendError> {
+            self.calls.lock().unwrap().push(format!("build {}", c.id()));
+            if self.fail_build {
+                return Err(BackendError::ExecutableNotFound("nosuchcmd".into()));
+            }
+            Ok(())
+        }
+        fn start(&self, c: &Container) -> std::result::Result<(), BackendError> {
+            self.calls.lock().unwrap().push(format!("start {}", c.id()));
+            Ok(())
+        }
+        fn kill(&self, c: &Container, s: Signal, _: bool) -> std::result::Result<(), BackendError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("kill {} {s}", c.id()));
+            c.record.process.unwrap().signal(s).unwrap();
+            Ok(())
+        }
+        fn pause(&self, _: &Container) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn resume(&self, _: &Container) -> std::result::Result<(), BackendError> {
+            Ok(())
+        }
+        fn exec(
+            &self,
+            _: &Container,
+            _: &ExecRequest<'_>,
+        ) -> std::result::Result<HostProcess, BackendError> {
+            let child = std::process::Command::new("sh")
+                .args(["-c", "exit 7"])
+                .spawn()
+                .unwrap();
+            Ok(HostProcess::of_pid(child.id() as i32).unwrap())
+        }
+        fn processes(&self, _: &Container) -> std::result::Result<Vec<GuestProcess>, BackendError> {
+            Ok(vec![])
+        }
+        fn destroy(&self, c: &Container) -> std::result::Result<(), BackendError> {
+            self.calls
+                .lock()
+                .unwrap()
+                .push(format!("destroy {}", c.id()));
+            Ok(())
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("husk-runtime-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("bundle/rootfs")).unwrap();
+        dir
+    }
+
+    /// A bundle whose hooks append "<kind> <status> <pid>" lines to `dir/hooks`.
+    fn write_bundle(dir: &Path, fail_hook: Option<&str>) {
+        let mut config = crate::oci::spec::default_config(None);
+        config["process"]["terminal"] = json!(false);
+        let log = dir.join("hooks");
+        let hook = |kind: &str| {
+            let fail = if fail_hook == Some(kind) {
+                "; echo broken >&2; exit 1"
+            } else {
+                ""
+            };
+            let script = format!(
+                "s=$(cat); st=${{s#*\\\"status\\\":\\\"}}; p=${{s#*\\\"pid\\\":}}; echo {kind} ${{st%%\\\"*}} ${{p%%,*}} >> {}{fail}",
+                log.display()
+            );
+            json!([{"path": "/bin/sh", "args": ["sh", "-c", script]}])
+        };
+        config["hooks"] = json!({
+            "prestart": hook("prestart"), "createRuntime": hook("createRuntime"),
+            "createContainer": hook("createContainer"), "poststart": hook("poststart"),
+            "poststop": hook("poststop"),
+        });
+        std::fs::write(
+            dir.join("bundle/config.json"),
+            serde_json::to_vec(&config).unwrap(),
+        )
+        .unwrap();
+    }
+
+    fn options(dir: &Path) -> CreateOptions {
+        CreateOptions {
+            id: "c1".into(),
+            bundle: dir.join("bundle"),
+            pid_file: Some(dir.join("pid")),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn create_start_kill_delete_with_hooks_in_order() {
+        let dir = scratch("lifecycle");
+        write_bundle(&dir, None);
+        let log = Logger::open(None, LogFormat::Text, false).unwrap();
+        let backend = SleepBackend::default();
+        let calls = backend.calls.clone();
+        let rt = Runtime::new(dir.join("root"), Box::new(backend), &log);
+        let host = rt.create(&options(&dir)).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("pid")).unwrap(),
+            host.pid.to_string()
+        );
+        assert_eq!(rt.state("c1").unwrap().status, Status::Created);
+        assert!(matches!(
+            rt.create(&options(&dir)),
+            Err(RuntimeError::Store(StoreError::Exists(_)))
+        ));
+        rt.start("c1").unwrap();
+        assert_eq!(rt.state("c1").unwrap().status, Status::Running);
+        assert!(matches!(
+            rt.start("c1"),
+            Err(RuntimeError::CannotStart { .. })
+        ));
+        rt.pause("c1").unwrap();
+        assert_eq!(rt.state("c1").unwrap().status, Status::Paused);
+        rt.resume("c1").unwrap();
+        assert_eq!(
+            rt.exec(&ExecOptions {
+                id: "c1".into(),
+                process: ExecProcess::Command {
+                    args: vec!["true".into()],
+                    env: vec![],
+                    cwd: None,
+                    tty: false,
+                    user: None,
+                    additional_gids: vec![],
+                    caps: vec![],
+                    no_new_privs: false,
+                    apparmor: None,
+                    process_label: None,
+                },
+                console_socket: None,
+                pid_file: None,
+                detach: false,
+                preserve_fds: 0,
+                ignore_paused: false,
+            })
+            .unwrap(),
+            7
+        );
+        assert!(matches!(
+            rt.delete("c1", false),
+            Err(RuntimeError::NotStopped { .. })
+        ));
+        rt.kill("c1", Signal::KILL, false).unwrap();
+        // The "VMM" is our child: reap it so it is gone, not a zombie.
+        assert_eq!(process::wait_child(host.pid).unwrap(), 137);
+        assert_eq!(rt.state("c1").unwrap().status, Status::Stopped);
+        assert!(matches!(
+            rt.kill("c1", Signal::TERM, false),
+            Err(RuntimeError::NotRunning(_))
+        ));
+        rt.delete("c1", false).unwrap();
+        assert!(rt.list().unwrap().is_empty());
+        let hooks = std::fs::read_to_string(dir.join("hooks")).unwrap();
+        let pid = host.pid;
+        assert_eq!(
+            hooks,
+            format!("prestart creating {pid}\ncreateRuntime creating {pid}\ncreateContainer creating {pid}\n\
+                     poststart running {pid}\npoststop stopped {pid}\n")
+        );
+        assert_eq!(
+            *calls.lock().unwrap(),
+            [
+                "boot c1 vcpus=1",
+                "build c1",
+                "start c1",
+                "kill c1 SIGKILL",
+                "destroy c1"
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failing_create_hook_leaves_nothing() {
+        let dir = scratch("hookfail");
+        write_bundle(&dir, Some("createRuntime"));
+        let log = Logger::open(None, LogFormat::Text, false).unwrap();
+        let backend = SleepBackend::default();
+        let calls = backend.calls.clone();
+        let rt = Runtime::new(dir.join("root"), Box::new(backend), &log);
+        let e = rt.create(&options(&dir)).unwrap_err().to_string();
+        assert!(
+            e.starts_with("createRuntime hook /bin/sh failed: exit status: 1: broken"),
+            "{e}"
+        );
+        assert!(rt.list().unwrap().is_empty());
+        assert_eq!(std::fs::read_dir(dir.join("root")).unwrap().count(), 0);
+        assert!(!dir.join("pid").exists());
+        // The host process was killed and the backend told to clean up.
+        assert_eq!(*calls.lock().unwrap(), ["boot c1 vcpus=1", "destroy c1"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failing_build_reports_podmans_words() {
+        let dir = scratch("buildfail");
+        write_bundle(&dir, None);
+        let log = Logger::open(None, LogFormat::Text, false).unwrap();
+        let backend = SleepBackend {
+            fail_build: true,
+            ..Default::default()
+        };
+        let rt = Runtime::new(dir.join("root"), Box::new(backend), &log);
+        let e = rt.create(&options(&dir)).unwrap_err().to_string();
+        assert!(e.contains("executable file not found in $PATH"), "{e}");
+        assert!(rt.list().unwrap().is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
