@@ -36,7 +36,9 @@ pub struct CreateRequest<'a> {
     /// files there (control sockets, logs); it is removed at delete.
     pub state_dir: &'a Path,
     /// With `process.terminal`: where to send the pty master ([`super::console`]),
-    /// before `boot` or `build` returns.
+    /// before `boot` or `build` returns. `None` with a terminal happens only for a
+    /// foreground `run`: the terminal is then the caller's own stdio, which the host
+    /// process inherits.
     pub console_socket: Option<&'a Path>,
     /// The VM's size (from annotations).
     pub vm: VmResources,
@@ -88,7 +90,9 @@ pub trait Backend {
     /// First half of `create`: start the container's host process (the VMM) and its
     /// sandbox, up to where the container's environment exists but the container is
     /// not built. Returns the host process (a child of this process). prestart and
-    /// createRuntime hooks run after this.
+    /// createRuntime hooks run after this. The caller holds the container's lock (an
+    /// `flock` on a close-on-exec fd): the host process must be exec'd, not merely
+    /// forked, so that the lock does not outlive `create` in it.
     fn boot(&self, request: &CreateRequest<'_>) -> Result<HostProcess, BackendError>;
 
     /// Second half of `create`: build the container (the agent sets up its root,

@@ -207,6 +207,12 @@ impl<'a> Runtime<'a> {
     /// build it with the hooks in between, writes the pid file. On failure nothing is
     /// left: no record, no host process.
     pub fn create(&self, opts: &CreateOptions) -> Result<HostProcess> {
+        self.create_detached(opts, true)
+    }
+
+    /// `create`; `detach` is false only for a foreground `run`, whose terminal can be
+    /// husk's own instead of one sent to a console socket.
+    fn create_detached(&self, opts: &CreateOptions, detach: bool) -> Result<HostProcess> {
         id::validate(&opts.id)?;
         let bundle = Bundle::load(&opts.bundle)?;
         let terminal = bundle
@@ -215,7 +221,7 @@ impl<'a> Runtime<'a> {
             .as_ref()
             .and_then(|p| p.terminal())
             .unwrap_or(false);
-        check_terminal(terminal, opts.console_socket.is_some(), true)?;
+        check_terminal(terminal, opts.console_socket.is_some(), detach)?;
         check_preserve_fds(opts.preserve_fds)?;
         let annotations: BTreeMap<String, String> = bundle
             .spec
@@ -498,7 +504,7 @@ impl<'a> Runtime<'a> {
     /// `run`: create and start; unless `detach`, wait for the container's host
     /// process, delete the container, and return its exit status.
     pub fn run(&self, opts: &CreateOptions, detach: bool, keep: bool) -> Result<i32> {
-        let host = self.create(opts)?;
+        let host = self.create_detached(opts, detach)?;
         if let Err(e) = self.start(&opts.id) {
             let _ = self.delete(&opts.id, true);
             return Err(e);
