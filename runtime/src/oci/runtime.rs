@@ -429,10 +429,8 @@ impl<'a> Runtime<'a> {
 
     /// The state `husk state` prints.
     pub fn state(&self, id: &str) -> Result<OciState> {
-        let container = self.store.load(id)?;
-        Ok(container
-            .record
-            .oci_state(self.store.status_now(&container)))
+        let (container, status) = self.store.load_current(self.store.load(id)?);
+        Ok(container.record.oci_state(status))
     }
 
     /// Every container with its current status, by id.
@@ -441,14 +439,17 @@ impl<'a> Runtime<'a> {
             .store
             .list()?
             .into_iter()
-            .map(|c| c.record.oci_state(self.store.status_now(&c)))
+            .map(|c| {
+                let (c, status) = self.store.load_current(c);
+                c.record.oci_state(status)
+            })
             .collect())
     }
 
     /// The container's processes (none once it has stopped).
     pub fn processes(&self, id: &str) -> Result<Vec<GuestProcess>> {
-        let container = self.store.load(id)?;
-        if self.store.status_now(&container) == Status::Stopped {
+        let (container, status) = self.store.load_current(self.store.load(id)?);
+        if status == Status::Stopped {
             return Ok(Vec::new());
         }
         self.backend

@@ -341,6 +341,23 @@ impl StateStore {
     pub fn status_now(&self, container: &Container) -> Status {
         container.record.status_now(|| lock_is_held(&container.dir))
     }
+
+    /// A container read without its lock, with its current status. A `creating`
+    /// record whose lock is free may be one whose `create` finished just after the
+    /// read: it is read once more before it counts as a dead `create`.
+    pub fn load_current(&self, container: Container) -> (Container, Status) {
+        let status = self.status_now(&container);
+        if container.record.status != Status::Creating || status != Status::Stopped {
+            return (container, status);
+        }
+        match self.load(container.id()) {
+            Ok(fresh) if fresh.record.status != Status::Creating => {
+                let status = self.status_now(&fresh);
+                (fresh, status)
+            }
+            _ => (container, status),
+        }
+    }
 }
 
 /// Whether some process holds the lock on `dir` (false if it is gone).
