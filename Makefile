@@ -9,7 +9,7 @@ OUT      := target/release
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT    := target/$(AGENT_TARGET)/agent/husk-agent
 
-.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test kernel-check vm-test install clean
+.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test cli-test kernel-check vm-test install clean
 
 all: husk kernel initramfs
 
@@ -36,7 +36,7 @@ kernel: deps
 initramfs: husk agent
 	$(OUT)/husk-mkinitramfs $(AGENT) $(OUT)/initramfs.cpio
 
-test: all lint unit-test kernel-check vm-test
+test: all lint unit-test cli-test kernel-check vm-test
 
 lint:
 	$(CARGO) fmt --all --check
@@ -44,6 +44,10 @@ lint:
 
 unit-test:
 	$(CARGO) test --workspace --lib --bins
+
+# The runc-compatible CLI through the release binary, natively (no VM).
+cli-test: husk
+	$(CARGO) test --release -p husk-tests --test cli_oci
 
 kernel-check: kernel
 	kernel-config/check-config.sh kernel-config/husk.config $(OUT)/vmlinux.config

@@ -6,5 +6,6 @@
 pub mod assets;
 pub mod cli;
 pub mod initramfs;
+pub mod oci;
 pub mod sandbox;
 pub mod vmm;

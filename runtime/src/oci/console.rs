@@ -1,0 +1,160 @@
+//! `--console-socket`: handing the pty master of a container's terminal to the client.
+//!
+//! The client (conmon, containerd's shim, `recvtty`) listens on a stream unix socket;
+//! the runtime connects and sends one message whose payload is the master's name and
+//! whose one SCM_RIGHTS control message carries the master fd, as runc does. conmon
+//! ignores the payload; containerd's go-runc uses it as the file name. It must arrive
+//! before `create`/`exec` exits.
+
+use std::io::{self, IoSlice};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+
+/// What runc sends as the payload: the name of the master it opened.
+pub const MASTER_NAME: &str = "/dev/ptmx";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("connect to console socket {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("send the terminal to console socket {path}: {source}")]
+    Send {
+        path: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("open a pseudo-terminal: {0}")]
+    Open(#[source] nix::Error),
+}
+
+/// A pseudo-terminal pair: the master goes to the client, the slave is the
+/// container's side (relayed into the guest).
+#[derive(Debug)]
+pub struct Pty {
+    pub master: OwnedFd,
+    pub slave: OwnedFd,
+}
+
+/// Opens a new pseudo-terminal pair (close-on-exec both).
+pub fn open_pty() -> Result<Pty, ConsoleError> {
+    let pty = nix::pty::openpty(None, None).map_err(ConsoleError::Open)?;
+    for fd in [&pty.master, &pty.slave] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )
+        .map_err(ConsoleError::Open)?;
+    }
+    Ok(Pty {
+        master: pty.master,
+        slave: pty.slave,
+    })
+}
+
+/// Connects to `socket` and sends `master` over it.
+pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<(), ConsoleError> {
+    let stream = UnixStream::connect(socket).map_err(|source| ConsoleError::Connect {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    let fds = [master.as_raw_fd()];
+    let payload = [IoSlice::new(MASTER_NAME.as_bytes())];
+    sendmsg::<()>(
+        stream.as_raw_fd(),
+        &payload,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|source| ConsoleError::Send {
+        path: socket.to_path_buf(),
+        source,
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{recvmsg, ControlMessageOwned};
+    use std::fs::File;
+    use std::io::{IoSliceMut, Read, Write};
+    use std::os::fd::{AsFd, FromRawFd};
+    use std::os::unix::net::UnixListener;
+
+    /// What conmon does: accept one connection, read one message with one fd.
+    fn receive_one(listener: UnixListener) -> (String, OwnedFd) {
+        let (conn, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 4096];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+        let msg = recvmsg::<()>(
+            conn.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        let mut fds = Vec::new();
+        for c in msg.cmsgs().unwrap() {
+            if let ControlMessageOwned::ScmRights(f) = c {
+                fds.extend(f);
+            }
+        }
+        let n = msg.bytes;
+        assert_eq!(fds.len(), 1, "exactly one fd");
+        let name = String::from_utf8(buf[..n].to_vec()).unwrap();
+        // SAFETY: the fd just arrived with SCM_RIGHTS and belongs to nobody else.
+        (name, unsafe { OwnedFd::from_raw_fd(fds[0]) })
+    }
+
+    #[test]
+    fn the_client_gets_a_working_master() {
+        let dir = std::env::temp_dir().join(format!("husk-console-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("console.sock");
+        let _ = std::fs::remove_file(&sock);
+        let listener = UnixListener::bind(&sock).unwrap();
+        let client = std::thread::spawn(move || receive_one(listener));
+
+        let pty = open_pty().unwrap();
+        send_master(&sock, pty.master.as_fd()).unwrap();
+        drop(pty.master); // the client's copy is the only master left
+        let (name, master) = client.join().unwrap();
+        assert_eq!(name, MASTER_NAME);
+
+        // Client -> container: typed input arrives on the slave, line by line.
+        let mut master = File::from(master);
+        let mut slave = File::from(pty.slave);
+        master.write_all(b"hello\n").unwrap();
+        let mut line = [0u8; 6];
+        slave.read_exact(&mut line).unwrap();
+        assert_eq!(&line, b"hello\n");
+        // Container -> client: output arrives on the master (ONLCR makes \n \r\n; the
+        // echo of the input comes first).
+        slave.write_all(b"out\n").unwrap();
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"out\r\n") {
+            master.read_exact(&mut byte).unwrap();
+            seen.push(byte[0]);
+            assert!(seen.len() < 64, "{seen:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_socket_is_a_clear_error() {
+        let pty = open_pty().unwrap();
+        let e =
+            send_master(Path::new("/nonexistent/console.sock"), pty.master.as_fd()).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent/console.sock"), "{e}");
+    }
+}
