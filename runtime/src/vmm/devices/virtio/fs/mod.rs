@@ -76,7 +76,7 @@ mod worker;
 mod test_utils;
 
 pub use backend::Sharing;
-pub use device::{VirtioFs, VIRTIO_RING_F_EVENT_IDX};
+pub use device::VirtioFs;
 
 use std::path::PathBuf;
 

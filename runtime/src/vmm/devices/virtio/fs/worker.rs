@@ -8,19 +8,16 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 
 use fuse_backend_rs::transport::{Reader, VirtioFsWriter};
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+use vmm_sys_util::eventfd::EventFd;
 
 use super::backend::ShareServer;
-use crate::vmm::devices::virtio::{ActiveQueue, VirtioInterrupt};
-
-/// The worker's stack: FUSE handlers are shallow, buffers live in guest memory.
-const WORKER_STACK_SIZE: usize = 256 << 10;
+use crate::vmm::devices::virtio::worker::DeviceWorker;
+use crate::vmm::devices::virtio::{ring, ActiveQueue, VirtioInterrupt};
 
 /// epoll data of the stop eventfd; queue i uses i.
 const STOP_TOKEN: u64 = u64::MAX;
@@ -40,7 +37,7 @@ pub(super) enum QueueError {
     #[error("virtio-fs queue {index}: {source}")]
     Ring {
         index: usize,
-        source: virtio_queue::Error,
+        source: ring::QueueError,
     },
     #[error("virtio-fs worker epoll: {0}")]
     Epoll(std::io::Error),
@@ -54,50 +51,33 @@ pub(super) struct QueueServer {
     pub server: Arc<ShareServer>,
 }
 
-/// A running worker; dropping it stops and joins the thread.
-pub(super) struct Worker {
-    stop: EventFd,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Worker {
-    pub(super) fn spawn(name: &str, state: QueueServer) -> std::io::Result<Worker> {
-        let stop = EventFd::new(EFD_NONBLOCK)?;
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP_TOKEN),
-        )?;
-        for (index, queue) in state.queues.iter().enumerate() {
-            epoll.ctl(
-                ControlOperation::Add,
-                queue.notify.as_raw_fd(),
-                EpollEvent::new(EventSet::IN, index as u64),
-            )?;
+/// Starts the worker thread; dropping the handle stops and joins it.
+pub(super) fn spawn(name: &str, state: QueueServer) -> std::io::Result<DeviceWorker> {
+    DeviceWorker::spawn(format!("virtio-fs {name}"), move |stop| {
+        match state.epoll(&stop) {
+            Ok(epoll) => state.run(epoll),
+            Err(e) => state.interrupt.fail(&QueueError::Epoll(e)),
         }
-        let thread = std::thread::Builder::new()
-            .name(format!("virtio-fs {name}"))
-            .stack_size(WORKER_STACK_SIZE)
-            .spawn(move || state.run(epoll))?;
-        Ok(Worker {
-            stop,
-            thread: Some(thread),
-        })
-    }
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        // A write only fails if the counter would overflow, and then a stop is pending.
-        let _ = self.stop.write(1);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    })
 }
 
 impl QueueServer {
+    fn epoll(&self, stop: &EventFd) -> std::io::Result<Epoll> {
+        let epoll = Epoll::new()?;
+        let watch = |fd, token| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        watch(stop.as_raw_fd(), STOP_TOKEN)?;
+        for (index, queue) in self.queues.iter().enumerate() {
+            watch(queue.notify.as_raw_fd(), index as u64)?;
+        }
+        Ok(epoll)
+    }
+
     fn run(mut self, epoll: Epoll) {
         // Requests may have been queued before DRIVER_OK's notification reached us.
         for index in 0..self.queues.len() {
@@ -151,12 +131,12 @@ impl QueueServer {
     /// Serves every available chain of queue `index` until the guest has queued no more
     /// (EVENT_IDX: re-checks after re-enabling notifications).
     pub(super) fn serve(&mut self, index: usize) -> Result<(), QueueError> {
-        let ring = |source| QueueError::Ring { index, source };
+        let fail = |source| QueueError::Ring { index, source };
         let memory = &self.memory;
         let queue = &mut self.queues[index].queue;
         loop {
-            queue.disable_notification(memory).map_err(ring)?;
-            let chains: Vec<_> = queue.iter(memory).map_err(ring)?.collect();
+            queue.disable_notification(memory).map_err(fail)?;
+            let chains: Vec<_> = queue.iter(memory).map_err(fail)?.collect();
             for chain in chains {
                 let head = chain.head_index();
                 let written = match handle_request(memory, chain, &self.server) {
@@ -167,12 +147,11 @@ impl QueueServer {
                     }
                 };
                 let written = u32::try_from(written).unwrap_or(u32::MAX);
-                queue.add_used(memory, head, written).map_err(ring)?;
-                if queue.needs_notification(memory).map_err(ring)? {
-                    self.interrupt.signal_used_queue();
-                }
+                // Each reply goes back at once (not per batch): the guest can go on with it
+                // while the next request is served.
+                ring::complete(queue, memory, head, written, &self.interrupt).map_err(fail)?;
             }
-            if !queue.enable_notification(memory).map_err(ring)? {
+            if !queue.enable_notification(memory).map_err(fail)? {
                 return Ok(());
             }
         }
@@ -183,7 +162,7 @@ impl QueueServer {
 /// the reply. Returns the number of reply bytes written.
 pub(super) fn handle_request(
     memory: &GuestMemoryMmap,
-    chain: DescriptorChain<&GuestMemoryMmap>,
+    chain: ring::Chain<'_>,
     server: &ShareServer,
 ) -> Result<usize, RequestError> {
     let reader =
@@ -202,6 +181,8 @@ mod tests {
     use virtio_queue::mock::MockSplitQueue;
     use virtio_queue::Queue;
     use vm_memory::{ByteValued, Bytes, GuestAddress};
+
+    use vmm_sys_util::eventfd::EFD_NONBLOCK;
 
     use super::*;
     use crate::vmm::devices::virtio::fs::test_utils::Scratch;
@@ -407,7 +388,7 @@ mod tests {
         let mock = MockSplitQueue::create(&bed.memory, GuestAddress(0), 16);
         let server = bed.queue_server(mock.create_queue().unwrap());
         let notify = server.queues[0].notify.try_clone().unwrap();
-        let worker = Worker::spawn("test", server).unwrap();
+        let worker = spawn("test", server).unwrap();
         push(
             &mock,
             &bed.memory,
