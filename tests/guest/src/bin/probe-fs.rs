@@ -326,24 +326,31 @@ fn escapes(outside: String) {
     check(
         "xattr-refused",
         (|| {
-            let (path, name) = (
-                c(&format!("{RW}/dir/renamed.txt")),
-                c("security.capability"),
-            );
-            // SAFETY: valid strings; the value buffer is 4 valid bytes.
-            let rc = unsafe {
-                libc::setxattr(
-                    path.as_ptr(),
-                    name.as_ptr(),
-                    b"\x01\0\0\x02".as_ptr().cast(),
-                    4,
-                    0,
-                )
-            };
-            if rc == 0 {
-                return Err("setxattr security.capability succeeded".into());
+            let path = c(&format!("{RW}/dir/renamed.txt"));
+            // A well-formed v2 file capability (CAP_NET_RAW permitted, effective) and a user
+            // attribute: both must fail, the VMM serves no xattrs.
+            let mut cap = [0u8; 20];
+            cap[..4].copy_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+            cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+            let mut errnos = Vec::new();
+            for (name, value) in [("security.capability", &cap[..]), ("user.husk", &b"1"[..])] {
+                let name_c = c(name);
+                // SAFETY: valid strings; value points to value.len() valid bytes.
+                let rc = unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        name_c.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                };
+                if rc == 0 {
+                    return Err(format!("setxattr {name} succeeded"));
+                }
+                errnos.push(format!("{name}:errno={}", errno()));
             }
-            Ok(format!("errno={}", errno()))
+            Ok(errnos.join(" "))
         })(),
     );
 }
