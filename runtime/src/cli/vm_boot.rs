@@ -4,8 +4,6 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
-#[cfg(test)]
-use std::path::Path;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, OnceLock};

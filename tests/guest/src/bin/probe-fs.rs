@@ -6,7 +6,7 @@
 //! - `fs_ro=TAG`: a share exported read-only by the VMM, mounted read-WRITE at /mnt/ro:
 //!   every write must still fail with EROFS.
 //! - `fs_outside=PATH`: the host path of the secret file beside the rw share (the escape
-//!   attempts aim at it).
+//!   attempts aim at it); the file and escape checks run only when it is given.
 //! - `fs_bench_mib=N`: write then read an N MiB file on the rw share; `fs_walk=DIR`: walk and
 //!   stat DIR (under the rw share), reporting `bench-*` lines with times.
 
@@ -32,9 +32,9 @@ fn main() {
     if let Some(tag) = &ro {
         check("mount-ro", mount_virtiofs(tag, RO));
     }
-    if rw.is_some() {
+    if let (Some(_), Some(outside)) = (&rw, param("fs_outside")) {
         file_ops();
-        escapes(param("fs_outside").unwrap_or_default());
+        escapes(outside);
     }
     if ro.is_some() {
         read_only();

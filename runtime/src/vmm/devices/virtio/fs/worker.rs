@@ -175,7 +175,9 @@ pub(super) fn handle_request(
 
 #[cfg(test)]
 mod tests {
-    use fuse_backend_rs::abi::fuse_abi::{EntryOut, InHeader, InitIn, Opcode, OutHeader};
+    use fuse_backend_rs::abi::fuse_abi::{
+        EntryOut, FsOptions, InHeader, InitIn, InitOut, Opcode, OutHeader,
+    };
     use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
@@ -321,6 +323,34 @@ mod tests {
         assert_ne!(entry.nodeid, 0);
         // The driver was told.
         assert!(bed.irq.read().unwrap() >= 1);
+    }
+
+    #[test]
+    fn init_offers_one_mib_requests() {
+        let bed = Bed::new();
+        let mock = MockSplitQueue::create(&bed.memory, GuestAddress(0), 16);
+        let mut server = bed.queue_server(mock.create_queue().unwrap());
+        let init = InitIn {
+            major: 7,
+            minor: 38,
+            max_readahead: 0x20000,
+            flags: FsOptions::MAX_PAGES.bits() as u32,
+        };
+        push(
+            &mock,
+            &bed.memory,
+            &request(Opcode::Init, 1, 0, init.as_slice()),
+            0,
+        );
+        server.serve(0).unwrap();
+        let out: InitOut = bed
+            .memory
+            .read_obj(GuestAddress(
+                REPLY_ADDR + std::mem::size_of::<OutHeader>() as u64,
+            ))
+            .unwrap();
+        assert_eq!((out.max_write, out.max_pages), (1 << 20, 256));
+        assert_ne!(out.flags & FsOptions::MAX_PAGES.bits() as u32, 0);
     }
 
     #[test]
