@@ -15,8 +15,7 @@ use crate::vmm::devices::virtio::{
 };
 
 /// Queue 0 is hiprio (FORGET, INTERRUPT), queue 1 the one request queue. More request queues
-/// would only help with more than one worker thread; one thread has not been the limit (see
-/// the module docs of `worker`).
+/// would only help with more worker threads (see the module docs of `worker`).
 const NUM_REQUEST_QUEUES: u32 = 1;
 const HIPRIO_QUEUE_SIZE: u16 = 128;
 const REQUEST_QUEUE_SIZE: u16 = 1024;
@@ -180,6 +179,7 @@ impl VirtioDevice for VirtioFs {
             interrupt: activation.interrupt,
             queues: activation.queues,
             server: Arc::new(Server::new(fs)),
+            dropped: 0,
         };
         self.worker = Some(worker::spawn(&self.tag, state).map_err(ActivateError::Worker)?);
         Ok(())

@@ -193,6 +193,23 @@ mod tests {
     }
 
     #[test]
+    fn create_over_a_symlink_does_not_follow_it() {
+        let scratch = Scratch::new("create");
+        symlink(scratch.secret(), scratch.share().join("abs")).unwrap();
+        let fs = scratch.fs(false);
+        // FUSE_CREATE without O_EXCL on a name that is a symlink to a host file: the server
+        // creates with O_CREAT|O_EXCL (never follows), then finds a symlink it won't open.
+        let args = CreateIn {
+            flags: (libc::O_RDWR | libc::O_TRUNC) as u32,
+            mode: 0o644,
+            umask: 0,
+            fuse_flags: 0,
+        };
+        assert!(fs.create(&ctx(), ROOT_ID, &cstr("abs"), args).is_err());
+        assert_eq!(std::fs::read(scratch.secret()).unwrap(), b"host secret\n");
+    }
+
+    #[test]
     fn a_directory_swapped_for_a_symlink_mid_walk_leads_nowhere() {
         let scratch = Scratch::new("race");
         std::fs::create_dir(scratch.share().join("d")).unwrap();
