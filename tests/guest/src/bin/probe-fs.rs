@@ -17,7 +17,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use husk_guest_tests::{mount_basics, param, power_off, report};
+use husk_guest_tests::{mount, mount_basics, param, power_off, report};
 
 const RW: &str = "/mnt/rw";
 const RO: &str = "/mnt/ro";
@@ -67,25 +67,9 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Mounted read-write on purpose: the read-only share must hold without the guest's help.
 fn mount_virtiofs(tag: &str, target: &str) -> Check {
-    fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
-    let (src, dst, fstype) = (c(tag), c(target), c("virtiofs"));
-    // SAFETY: valid NUL-terminated strings, no data. Mounted read-write on purpose.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "mount {tag} on {target}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    mount(tag, target, "virtiofs").map_err(|e| format!("mount {tag} on {target}: {e}"))?;
     Ok(String::new())
 }
 
