@@ -313,6 +313,9 @@ impl Vm {
         device: Box<dyn VirtioDevice>,
         name: &'static str,
     ) -> Result<MmioSlot, Error> {
+        // The device's own description first, before anything is registered with KVM; an
+        // error after that is the host's, and leaves the VM unusable (drop it).
+        MmioTransport::check_device(device.as_ref(), name)?;
         let slot = self.resources.allocate_mmio(MMIO_SLOT_SIZE)?;
         let irqfd = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
         self.vm_fd

@@ -58,6 +58,11 @@ pub mod reg {
     pub const QUEUE_DRIVER_HIGH: u64 = 0x094;
     pub const QUEUE_DEVICE_LOW: u64 = 0x0a0;
     pub const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+    pub const SHM_SEL: u64 = 0x0ac;
+    pub const SHM_LEN_LOW: u64 = 0x0b0;
+    pub const SHM_LEN_HIGH: u64 = 0x0b4;
+    pub const SHM_BASE_LOW: u64 = 0x0b8;
+    pub const SHM_BASE_HIGH: u64 = 0x0bc;
     pub const CONFIG_GENERATION: u64 = 0x0fc;
     pub const CONFIG: u64 = 0x100;
 }
@@ -115,6 +120,12 @@ enum QueueSetupError {
         addr: u64,
         len: u64,
     },
+    #[error(
+        "queue {index}: its driver area is at guest address 0, which virtio-queue treats as unset"
+    )]
+    DriverAreaAtZero { index: usize },
+    #[error("queue {index}: virtio-queue finds it invalid (its rings end outside guest RAM)")]
+    Invalid { index: usize },
     #[error("queue {index}: cannot clone its notify eventfd: {source}")]
     NotifyClone {
         index: usize,
@@ -201,15 +212,8 @@ impl MmioTransport {
         interrupt: Arc<VirtioInterrupt>,
         notify: Vec<EventFd>,
     ) -> Result<Self, TransportError> {
+        Self::check_device(device.as_ref(), name)?;
         let sizes = device.queue_max_sizes();
-        if sizes.is_empty() {
-            return Err(TransportError::NoQueues { name });
-        }
-        for (index, &size) in sizes.iter().enumerate() {
-            if !size.is_power_of_two() || size > 32768 {
-                return Err(TransportError::BadQueueSize { name, index, size });
-            }
-        }
         if notify.len() != sizes.len() {
             return Err(TransportError::NotifyCount {
                 name,
@@ -236,6 +240,24 @@ impl MmioTransport {
             activated: false,
             logged_bad_accesses: 0,
         })
+    }
+
+    /// Checks what a device says about itself: at least one queue, each with a max size
+    /// that is a power of two up to 32768 (split virtqueues).
+    pub fn check_device(
+        device: &dyn VirtioDevice,
+        name: &'static str,
+    ) -> Result<(), TransportError> {
+        let sizes = device.queue_max_sizes();
+        if sizes.is_empty() {
+            return Err(TransportError::NoQueues { name });
+        }
+        for (index, &size) in sizes.iter().enumerate() {
+            if !size.is_power_of_two() || size > 32768 {
+                return Err(TransportError::BadQueueSize { name, index, size });
+            }
+        }
+        Ok(())
     }
 
     /// Whether the device is running (DRIVER_OK accepted and activation succeeded).
@@ -298,6 +320,11 @@ impl MmioTransport {
             reg::STATUS => self.device_status(),
             // husk devices never change their config space while running.
             reg::CONFIG_GENERATION => 0,
+            // No device has shared memory regions: length and base -1 say "no such region"
+            // (0 would be a region of length 0 at 0, which Linux tries to reserve).
+            reg::SHM_LEN_LOW | reg::SHM_LEN_HIGH | reg::SHM_BASE_LOW | reg::SHM_BASE_HIGH => {
+                u32::MAX
+            }
             // Write-only and unknown registers read as zero.
             _ => 0,
         }
@@ -318,6 +345,8 @@ impl MmioTransport {
             | reg::QUEUE_DEVICE_LOW
             | reg::QUEUE_DEVICE_HIGH => self.write_queue_register(offset, value),
             reg::QUEUE_NOTIFY => self.forward_notify(value),
+            // Selects a shared memory region; every one reads as absent.
+            reg::SHM_SEL => {}
             reg::INTERRUPT_ACK => self.interrupt.ack(value),
             reg::STATUS => self.write_status(value),
             _ => self.log_bad(format!(
@@ -344,6 +373,17 @@ impl MmioTransport {
     }
 
     fn write_queue_register(&mut self, offset: u64, value: u32) {
+        // Linux's vm_del_vq writes QueueReady 0 after the reset that stopped the queue:
+        // to a queue that is not ready, that is a no-op whatever the status.
+        let stopping_a_stopped_queue = offset == reg::QUEUE_READY
+            && value == 0
+            && self
+                .queues
+                .get(self.queue_sel as usize)
+                .is_some_and(|q| !q.ready);
+        if stopping_a_stopped_queue {
+            return;
+        }
         if !self.queue_setup_allowed() {
             self.log_bad(format!(
                 "queue register {offset:#x} written in status {:#x}",
@@ -414,7 +454,8 @@ impl MmioTransport {
             return;
         }
         self.status = new;
-        if added & DRIVER_OK != 0 && !self.interrupt.has_failed() {
+        // A driver that gave up (FAILED) or a device already failed does not start.
+        if added & DRIVER_OK != 0 && new & FAILED == 0 && !self.interrupt.has_failed() {
             self.activate();
         }
     }
@@ -477,13 +518,11 @@ impl MmioTransport {
             let _ = queue.try_set_used_ring_address(GuestAddress(c.device));
             queue.set_event_idx(event_idx);
             queue.set_ready(true);
+            if c.driver == 0 {
+                return Err(QueueSetupError::DriverAreaAtZero { index });
+            }
             if !queue.is_valid(&self.memory) {
-                return Err(QueueSetupError::OutOfRam {
-                    index,
-                    what: "ring",
-                    addr: c.desc,
-                    len: 0,
-                });
+                return Err(QueueSetupError::Invalid { index });
             }
             let notify = self.notify[index]
                 .try_clone()
@@ -574,14 +613,17 @@ impl BusDevice for MmioTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vmm::devices::virtio::test_ring::{test_memory, TestRing, VRING_DESC_F_WRITE};
-    use crate::vmm::devices::virtio::{ActivateError, INT_CONFIG_CHANGE, TYPE_RNG};
+    use crate::vmm::devices::virtio::test_ring::{test_memory, TestRing};
+    use crate::vmm::devices::virtio::{ActivateError, INT_CONFIG_CHANGE, INT_USED_RING, TYPE_RNG};
     use std::sync::Mutex;
+
+    /// One activation: queue count, acked features, (ready, EVENT_IDX on) per queue.
+    type SeenActivation = (usize, u64, Vec<(bool, bool)>);
 
     /// What a test device saw, shared with the test.
     #[derive(Default)]
     struct Seen {
-        activations: Vec<(usize, u64, Vec<bool>)>,
+        activations: Vec<SeenActivation>,
         resets: usize,
         config_writes: Vec<(u64, Vec<u8>)>,
     }
@@ -627,7 +669,11 @@ mod tests {
             if self.fail_activate {
                 return Err(ActivateError::Backend("test says no".into()));
             }
-            let ready = a.queues.iter().map(|q| q.queue.ready()).collect();
+            let ready = a
+                .queues
+                .iter()
+                .map(|q| (q.queue.ready(), q.queue.event_idx_enabled()))
+                .collect();
             self.seen
                 .lock()
                 .unwrap()
@@ -651,8 +697,6 @@ mod tests {
 
     fn harness_with(mem: &GuestMemoryMmap, sizes: &[u16], features: u64) -> Harness {
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
-        let interrupt = Arc::new(VirtioInterrupt::new(irqfd.try_clone().unwrap(), "test"));
         let dev = TestDevice {
             sizes: sizes.to_vec(),
             features,
@@ -661,21 +705,24 @@ mod tests {
             seen: seen.clone(),
             queues: Vec::new(),
         };
-        let notify = sizes
+        let mut h = harness_for(mem, Box::new(dev));
+        h.seen = seen;
+        h
+    }
+
+    /// A transport over any device, with fresh eventfds.
+    fn harness_for(mem: &GuestMemoryMmap, device: Box<dyn VirtioDevice>) -> Harness {
+        let irqfd = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let interrupt = Arc::new(VirtioInterrupt::new(irqfd.try_clone().unwrap(), "test"));
+        let notify = device
+            .queue_max_sizes()
             .iter()
             .map(|_| EventFd::new(libc::EFD_NONBLOCK).unwrap())
             .collect();
-        let t = MmioTransport::new(
-            Box::new(dev),
-            "test",
-            mem.clone(),
-            interrupt.clone(),
-            notify,
-        )
-        .unwrap();
+        let t = MmioTransport::new(device, "test", mem.clone(), interrupt.clone(), notify).unwrap();
         Harness {
             t,
-            seen,
+            seen: Arc::default(),
             irqfd,
             interrupt,
         }
@@ -777,7 +824,15 @@ mod tests {
                 reg::DEVICE_FEATURES,
                 reg::QUEUE_NUM_MAX,
             ];
-            if !readable.contains(&offset) {
+            let absent_shm = [
+                reg::SHM_LEN_LOW,
+                reg::SHM_LEN_HIGH,
+                reg::SHM_BASE_LOW,
+                reg::SHM_BASE_HIGH,
+            ];
+            if absent_shm.contains(&offset) {
+                assert_eq!(v, u32::MAX, "register {offset:#x}");
+            } else if !readable.contains(&offset) {
                 assert_eq!(v, 0, "register {offset:#x}");
             }
         }
@@ -787,7 +842,7 @@ mod tests {
     fn a_linux_like_init_activates_the_device_with_its_queues() {
         let m = test_memory();
         let mut h = harness(&m);
-        let mut r0 = TestRing::new(&m, 0x1_0000, 16);
+        let r0 = TestRing::new(&m, 0x1_0000, 16);
         let r1 = TestRing::new(&m, 0x2_0000, 8);
         let s = h.negotiate(1 << 29, 1);
         assert_eq!(
@@ -805,26 +860,15 @@ mod tests {
             h.t.acked_features(),
             VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX
         );
-        {
-            let seen = h.seen.lock().unwrap();
-            assert_eq!(
-                seen.activations,
-                [(
-                    2,
-                    VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
-                    vec![true, true]
-                )]
-            );
-        }
-        // The queues the device got are the driver's rings, with EVENT_IDX on.
-        let dev_queue = {
-            // SAFETY of the test: only reads through the device box via a fresh pop.
-            r0.add_chain(&[(0x8_0000, 64, VRING_DESC_F_WRITE)]);
-            let mut q = r0.queue();
-            q.set_event_idx(true);
-            q.pop_descriptor_chain(&m).map(|c| c.head_index())
-        };
-        assert_eq!(dev_queue, Some(0));
+        // The device got both queues, ready, with EVENT_IDX on (the driver acked it).
+        assert_eq!(
+            h.seen.lock().unwrap().activations,
+            [(
+                2,
+                VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+                vec![(true, true), (true, true)]
+            )]
+        );
         // Queue registers are frozen after DRIVER_OK.
         h.w(reg::QUEUE_SEL, 0);
         h.w(reg::QUEUE_READY, 0);
@@ -843,13 +887,23 @@ mod tests {
         h.w(reg::QUEUE_SEL, 0);
         assert_eq!(h.r(reg::QUEUE_READY), 0);
         assert_eq!(h.t.acked_features(), 0);
+        // Linux's vm_del_vq then deactivates each queue: not a bad access.
+        let logged = h.t.logged_bad_accesses;
+        h.w(reg::QUEUE_READY, 0);
+        h.w(reg::QUEUE_SEL, 1);
+        h.w(reg::QUEUE_READY, 0);
+        assert_eq!(h.t.logged_bad_accesses, logged);
         // And it can be brought up again.
         h.negotiate(0, 1);
         h.setup_queue(0, &r0);
         h.setup_queue(1, &r1);
         assert_eq!(h.driver_ok(), ALL_OK);
         assert_eq!(h.activations(), 2);
-        assert_eq!(h.seen.lock().unwrap().activations[1].1, VIRTIO_F_VERSION_1);
+        // Without EVENT_IDX acked, the queues do not use it.
+        assert_eq!(
+            h.seen.lock().unwrap().activations[1],
+            (2, VIRTIO_F_VERSION_1, vec![(true, false), (true, false)])
+        );
     }
 
     #[test]
@@ -911,15 +965,31 @@ mod tests {
         assert_eq!(h.r(reg::STATUS), status::ACKNOWLEDGE);
         h.w(reg::STATUS, status::ACKNOWLEDGE | status::FAILED);
         assert_eq!(h.r(reg::STATUS), status::ACKNOWLEDGE | status::FAILED);
+        // After FAILED, nothing starts.
+        h.w(
+            reg::STATUS,
+            status::ACKNOWLEDGE | status::FAILED | status::DRIVER,
+        );
+        h.w(reg::DRIVER_FEATURES_SEL, 1);
+        h.w(reg::DRIVER_FEATURES, 1);
+        let failed_ok = status::ACKNOWLEDGE | status::FAILED | status::DRIVER | status::FEATURES_OK;
+        h.w(reg::STATUS, failed_ok);
+        h.w(reg::STATUS, failed_ok | status::DRIVER_OK);
+        assert_eq!(h.r(reg::STATUS), failed_ok | status::DRIVER_OK);
+        assert!(!h.t.is_activated());
+        h.w(reg::STATUS, 0);
         // Queue setup before FEATURES_OK is ignored.
+        h.w(reg::STATUS, status::ACKNOWLEDGE);
+        h.w(reg::STATUS, status::ACKNOWLEDGE | status::DRIVER);
         h.w(reg::QUEUE_SEL, 0);
         h.w(reg::QUEUE_READY, 1);
         assert_eq!(h.r(reg::QUEUE_READY), 0);
         assert_eq!(h.activations(), 0);
     }
 
-    /// Sets up queue 0 with one area moved to `bad` and expects DRIVER_OK to fail the
-    /// device: no activation, NEEDS_RESET, a config-change interrupt.
+    /// Runs `setup` (which spoils queue 0) after FEATURES_OK and expects DRIVER_OK to fail
+    /// the device: no activation, NEEDS_RESET, a config-change interrupt; then checks a
+    /// reset and a good setup bring it up.
     fn expect_refused(setup: impl FnOnce(&mut Harness, &TestRing<'_>)) {
         let m = test_memory();
         let mut h = harness_with(&m, &[16], VIRTIO_F_VERSION_1);
@@ -957,6 +1027,11 @@ mod tests {
         expect_refused(|h, r| {
             h.setup_queue(0, r);
             h.w(reg::QUEUE_DEVICE_LOW, 0x10_0000 - 0x40);
+        });
+        // virtio-queue cannot use a driver area at 0.
+        expect_refused(|h, r| {
+            h.setup_queue(0, r);
+            h.w(reg::QUEUE_DRIVER_LOW, 0);
         });
         // Wraps around the address space.
         expect_refused(|h, r| {
@@ -1117,6 +1192,53 @@ mod tests {
         t.write(reg::DEVICE_FEATURES_SEL, &1u32.to_le_bytes());
         t.read(reg::DEVICE_FEATURES, &mut d);
         assert_eq!(u32::from_le_bytes(d), 1);
+    }
+
+    /// The transport and the real rng device together, driven through registers only:
+    /// init with EVENT_IDX, a request served through the QueueNotify path, the interrupt
+    /// seen and acked, a reset (worker joined), a second life, then drop.
+    #[test]
+    fn transport_and_rng_end_to_end() {
+        use crate::vmm::devices::virtio::rng::Rng;
+        use crate::vmm::devices::virtio::test_ring::VRING_DESC_F_WRITE;
+        use std::time::{Duration, Instant};
+
+        let m = test_memory();
+        let rng = Rng::new();
+        let counter = rng.counter();
+        let mut h = harness_for(&m, Box::new(rng));
+        let wait_used = |ring: &TestRing<'_>, n: u16| {
+            let start = Instant::now();
+            while ring.used_idx() != n {
+                assert!(start.elapsed() < Duration::from_secs(10), "not served");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        for life in 1..=2u16 {
+            let mut ring = TestRing::new(&m, 0x1_0000 * u64::from(life), 64);
+            h.negotiate(1 << 29, 1);
+            h.setup_queue(0, &ring);
+            assert_eq!(h.driver_ok(), ALL_OK);
+            assert!(h.t.is_activated());
+            // used_event 0: interrupt after the first completion.
+            ring.set_used_event(0);
+            ring.add_chain(&[(0x8_0000, 64, VRING_DESC_F_WRITE)]);
+            h.w(reg::QUEUE_NOTIFY, 0);
+            wait_used(&ring, 1);
+            assert_eq!(ring.used_elem(0), (0, 64));
+            let start = Instant::now();
+            while h.r(reg::INTERRUPT_STATUS) & INT_USED_RING == 0 {
+                assert!(start.elapsed() < Duration::from_secs(10), "no interrupt");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            h.w(reg::INTERRUPT_ACK, INT_USED_RING);
+            assert_eq!(h.r(reg::INTERRUPT_STATUS), 0);
+            assert_eq!(counter.bytes(), 64 * u64::from(life));
+            h.w(reg::STATUS, 0);
+            assert!(!h.t.is_activated());
+        }
+        drop(h);
+        assert_eq!(counter.bytes(), 128);
     }
 
     /// A small deterministic PRNG (xorshift64*) so the fuzz test is reproducible.

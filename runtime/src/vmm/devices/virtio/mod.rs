@@ -49,6 +49,10 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 /// [`VirtioDevice::features`]; when the driver accepts it, the transport enables it on
 /// every queue and the device must complete requests through [`ring`].
 pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
+/// VIRTIO_F_INDIRECT_DESC: the driver may put a chain in an indirect table. virtio-queue's
+/// `DescriptorChain` follows them, so a device may offer it in [`VirtioDevice::features`]
+/// (useful for large requests: one ring slot per request).
+pub const VIRTIO_RING_F_INDIRECT_DESC: u64 = 1 << 28;
 
 /// Interrupt status bits (virtio-mmio InterruptStatus).
 pub const INT_USED_RING: u32 = 1;
