@@ -15,6 +15,7 @@ use clap::Args;
 
 use crate::assets::{self, Asset};
 use crate::vmm::config::check_args;
+use crate::vmm::devices::virtio::fs::{Sharing, VirtioFs};
 use crate::vmm::devices::virtio::rng::Rng;
 use crate::vmm::devices::virtio::vsock::Vsock;
 use crate::vmm::memory::{HugePages, ResidentProbe};
@@ -26,6 +27,37 @@ fn parse_huge_pages(s: &str) -> Result<HugePages, String> {
         "off" => Ok(HugePages::Off),
         _ => Err(format!("{s:?} is neither on nor off")),
     }
+}
+
+/// One `--fs TAG=DIR[:ro][:private]`: a host directory shared over virtio-fs.
+#[derive(Debug, Clone)]
+pub struct FsShare {
+    pub tag: String,
+    pub dir: PathBuf,
+    pub read_only: bool,
+    pub sharing: Sharing,
+}
+
+fn parse_fs_share(s: &str) -> Result<FsShare, String> {
+    let (tag, mut dir) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not TAG=DIR[:ro][:private]"))?;
+    let (mut read_only, mut sharing) = (false, Sharing::Shared);
+    loop {
+        if let Some(rest) = dir.strip_suffix(":ro") {
+            (dir, read_only) = (rest, true);
+        } else if let Some(rest) = dir.strip_suffix(":private") {
+            (dir, sharing) = (rest, Sharing::Exclusive);
+        } else {
+            break;
+        }
+    }
+    Ok(FsShare {
+        tag: tag.to_string(),
+        dir: PathBuf::from(dir),
+        read_only,
+        sharing,
+    })
 }
 
 /// What the agent prints on the console when it is ready (then it powers off).
@@ -73,6 +105,11 @@ pub struct BootArgs {
     /// Attach N virtio-rng devices instead of one (a test of every device IRQ line).
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_RNG_DEVICES), hide = true)]
     pub rng_devices: u32,
+    /// Share host directory DIR with the guest over virtio-fs under TAG (repeatable).
+    /// `:ro`: read-only, enforced by husk; `:private`: no one else uses DIR while the VM
+    /// runs, so the guest may cache everything and write back.
+    #[arg(long = "fs", value_name = "TAG=DIR[:ro][:private]", value_parser = parse_fs_share)]
+    pub fs: Vec<FsShare>,
 }
 
 /// One per device IRQ (IOAPIC pins 5..=23).
@@ -225,6 +262,12 @@ fn ms(d: Duration) -> f64 {
 pub fn run(args: BootArgs, started: Instant) -> Result<()> {
     // The caller's mistakes first, before looking for files or at the host's KVM.
     check_args(args.vcpus, args.memory)?;
+    // Before any KVM work: a bad tag or directory is the user's error, reported first.
+    let shares = args
+        .fs
+        .iter()
+        .map(|s| VirtioFs::with_sharing(&s.tag, &s.dir, s.read_only, s.sharing))
+        .collect::<Result<Vec<_>, _>>()?;
     let kernel = match args.kernel {
         Some(k) => k,
         None => assets::find(Asset::Kernel)?,
@@ -286,6 +329,9 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
         let rng = Rng::new();
         rng_counters.push(rng.counter());
         vm.add_virtio_device(Box::new(rng), "rng")?;
+    }
+    for fs in shares {
+        vm.add_virtio_device(Box::new(fs), "fs")?;
     }
     if std::env::var_os("HUSK_TRACE_SETUP").is_some() {
         eprintln!(
@@ -399,6 +445,20 @@ pub fn run(args: BootArgs, started: Instant) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_shares_are_parsed() {
+        let share = parse_fs_share("rootfs=/a:b/dir:ro").unwrap();
+        assert_eq!(
+            (share.tag.as_str(), share.dir.as_path()),
+            ("rootfs", std::path::Path::new("/a:b/dir"))
+        );
+        assert!(share.read_only && share.sharing == Sharing::Shared);
+        let share = parse_fs_share("t=/d:private:ro").unwrap();
+        assert!(share.read_only && share.sharing == Sharing::Exclusive);
+        assert!(!parse_fs_share("t=/d").unwrap().read_only);
+        assert!(parse_fs_share("/just/a/dir").is_err());
+    }
 
     #[test]
     fn ready_line_is_parsed() {

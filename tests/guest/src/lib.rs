@@ -18,6 +18,30 @@ pub fn param(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
+/// Creates `target` and mounts `src` of type `fstype` on it, read-write, no options.
+pub fn mount(src: &str, target: &str, fstype: &str) -> std::io::Result<()> {
+    std::fs::create_dir_all(target)?;
+    let c = |s: &str| {
+        std::ffi::CString::new(s)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+    };
+    let (src_c, target_c, fstype_c) = (c(src)?, c(target)?, c(fstype)?);
+    // SAFETY: valid NUL-terminated strings; no data argument.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ptr(),
+            target_c.as_ptr(),
+            fstype_c.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Mounts /proc, /sys and devtmpfs on /dev, as probes usually need them. Errors are
 /// reported, not fatal (a probe may not need all three).
 pub fn mount_basics() {
@@ -26,24 +50,8 @@ pub fn mount_basics() {
         ("sysfs", "/sys", "sysfs"),
         ("devtmpfs", "/dev", "devtmpfs"),
     ] {
-        let _ = std::fs::create_dir_all(target);
-        let c = |s: &str| std::ffi::CString::new(s).expect("no NUL in literals");
-        let (src_c, target_c, fstype_c) = (c(src), c(target), c(fstype));
-        // SAFETY: valid NUL-terminated strings; no data argument.
-        let rc = unsafe {
-            libc::mount(
-                src_c.as_ptr(),
-                target_c.as_ptr(),
-                fstype_c.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            report(&format!(
-                "mount {target} failed: {}",
-                std::io::Error::last_os_error()
-            ));
+        if let Err(e) = mount(src, target, fstype) {
+            report(&format!("mount {target} failed: {e}"));
         }
     }
 }

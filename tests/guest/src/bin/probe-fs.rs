@@ -6,7 +6,7 @@
 //! - `fs_ro=TAG`: a share exported read-only by the VMM, mounted read-WRITE at /mnt/ro:
 //!   every write must still fail with EROFS.
 //! - `fs_outside=PATH`: the host path of the secret file beside the rw share (the escape
-//!   attempts aim at it).
+//!   attempts aim at it); the file and escape checks run only when it is given.
 //! - `fs_bench_mib=N`: write then read an N MiB file on the rw share; `fs_walk=DIR`: walk and
 //!   stat DIR (under the rw share), reporting `bench-*` lines with times.
 
@@ -17,7 +17,7 @@ use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Instant;
 
-use husk_guest_tests::{mount_basics, param, power_off, report};
+use husk_guest_tests::{mount, mount_basics, param, power_off, report};
 
 const RW: &str = "/mnt/rw";
 const RO: &str = "/mnt/ro";
@@ -32,9 +32,9 @@ fn main() {
     if let Some(tag) = &ro {
         check("mount-ro", mount_virtiofs(tag, RO));
     }
-    if rw.is_some() {
+    if let (Some(_), Some(outside)) = (&rw, param("fs_outside")) {
         file_ops();
-        escapes(param("fs_outside").unwrap_or_default());
+        escapes(outside);
     }
     if ro.is_some() {
         read_only();
@@ -67,25 +67,9 @@ fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
 
+/// Mounted read-write on purpose: the read-only share must hold without the guest's help.
 fn mount_virtiofs(tag: &str, target: &str) -> Check {
-    fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
-    let (src, dst, fstype) = (c(tag), c(target), c("virtiofs"));
-    // SAFETY: valid NUL-terminated strings, no data. Mounted read-write on purpose.
-    let rc = unsafe {
-        libc::mount(
-            src.as_ptr(),
-            dst.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(format!(
-            "mount {tag} on {target}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    mount(tag, target, "virtiofs").map_err(|e| format!("mount {tag} on {target}: {e}"))?;
     Ok(String::new())
 }
 
@@ -326,24 +310,31 @@ fn escapes(outside: String) {
     check(
         "xattr-refused",
         (|| {
-            let (path, name) = (
-                c(&format!("{RW}/dir/renamed.txt")),
-                c("security.capability"),
-            );
-            // SAFETY: valid strings; the value buffer is 4 valid bytes.
-            let rc = unsafe {
-                libc::setxattr(
-                    path.as_ptr(),
-                    name.as_ptr(),
-                    b"\x01\0\0\x02".as_ptr().cast(),
-                    4,
-                    0,
-                )
-            };
-            if rc == 0 {
-                return Err("setxattr security.capability succeeded".into());
+            let path = c(&format!("{RW}/dir/renamed.txt"));
+            // A well-formed v2 file capability (CAP_NET_RAW permitted, effective) and a user
+            // attribute: both must fail, the VMM serves no xattrs.
+            let mut cap = [0u8; 20];
+            cap[..4].copy_from_slice(&(0x0200_0000u32 | 1).to_le_bytes());
+            cap[4..8].copy_from_slice(&(1u32 << 13).to_le_bytes());
+            let mut errnos = Vec::new();
+            for (name, value) in [("security.capability", &cap[..]), ("user.husk", &b"1"[..])] {
+                let name_c = c(name);
+                // SAFETY: valid strings; value points to value.len() valid bytes.
+                let rc = unsafe {
+                    libc::setxattr(
+                        path.as_ptr(),
+                        name_c.as_ptr(),
+                        value.as_ptr().cast(),
+                        value.len(),
+                        0,
+                    )
+                };
+                if rc == 0 {
+                    return Err(format!("setxattr {name} succeeded"));
+                }
+                errnos.push(format!("{name}:errno={}", errno()));
             }
-            Ok(format!("errno={}", errno()))
+            Ok(errnos.join(" "))
         })(),
     );
 }
@@ -478,9 +469,26 @@ fn bench_io(mib: usize) -> Check {
     io("fsync", f.sync_all())?;
     drop(f);
     let write_s = start.elapsed().as_secs_f64();
+    let read_s = timed_read(&path, mib)?;
+    // Again with the share's readahead at 1 MiB: FUSE caps it at 128 KiB (one 128 KiB
+    // request at a time), whatever the VMM offers.
+    set_read_ahead_kb(RW, 1024)?;
+    let read_ra_s = timed_read(&path, mib)?;
+    let _ = fs::remove_file(&path);
+    Ok(format!(
+        "mib={mib} write_s={write_s:.3} write_mib_s={:.1} read_s={read_s:.3} read_mib_s={:.1} \
+         read_ra1m_s={read_ra_s:.3} read_ra1m_mib_s={:.1}",
+        mib as f64 / write_s,
+        mib as f64 / read_s,
+        mib as f64 / read_ra_s
+    ))
+}
+
+/// Reads `path` whole with 1 MiB reads after dropping the guest's page cache; seconds.
+fn timed_read(path: &str, mib: usize) -> Result<f64, String> {
     drop_guest_caches()?;
     let start = Instant::now();
-    let mut f = io("open", fs::File::open(&path))?;
+    let mut f = io("open", fs::File::open(path))?;
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0usize;
     loop {
@@ -490,16 +498,21 @@ fn bench_io(mib: usize) -> Check {
         }
         total += n;
     }
-    let read_s = start.elapsed().as_secs_f64();
     if total != mib << 20 {
         return Err(format!("read {total} bytes, wrote {}", mib << 20));
     }
-    let _ = fs::remove_file(&path);
-    Ok(format!(
-        "mib={mib} write_s={write_s:.3} write_mib_s={:.1} read_s={read_s:.3} read_mib_s={:.1}",
-        mib as f64 / write_s,
-        mib as f64 / read_s
-    ))
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Sets the readahead of the file system mounted at `mount` (its bdi, by device number).
+fn set_read_ahead_kb(mount: &str, kb: u32) -> Result<(), String> {
+    let dev = io("stat mount", fs::metadata(mount))?.dev();
+    let bdi = format!(
+        "/sys/class/bdi/{}:{}/read_ahead_kb",
+        libc::major(dev),
+        libc::minor(dev)
+    );
+    io(&bdi, fs::write(&bdi, kb.to_string()))
 }
 
 /// Walks `dir` (relative to the rw share): readdir, then lstat of every entry.

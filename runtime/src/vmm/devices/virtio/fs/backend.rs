@@ -14,6 +14,11 @@
 //!   into large FUSE_WRITEs and answers write(2) from its page cache; data reaches the host
 //!   on fsync, close or memory pressure).
 //!
+//! Measured in the test bed (tests/vm/fs.rs, 256 MiB, one run each, noisy machine): the
+//! exclusive policy wrote 9.4 MiB/s against 3.6 MiB/s for the shared one (writeback sends
+//! full 1 MiB requests from the page cache); reads and a first walk over 10,000 files were
+//! about the same (5.4 vs 3.8 MiB/s, 7.9 vs 7.5 s): the first access always goes to the host.
+//!
 //! Read-only shares never use writeback (there is nothing to write back, and writeback
 //! makes the server open files O_RDWR).
 

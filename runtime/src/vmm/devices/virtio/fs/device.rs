@@ -7,19 +7,15 @@ use std::sync::Arc;
 use fuse_backend_rs::api::server::Server;
 
 use super::backend::{self, ShareFs, Sharing};
-use super::worker::{QueueServer, Worker};
+use super::worker::{self, QueueServer};
 use super::{FsError, TAG_MAX_LEN};
+use crate::vmm::devices::virtio::worker::DeviceWorker;
 use crate::vmm::devices::virtio::{
-    ActivateError, Activation, QueueT, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1,
+    ActivateError, Activation, VirtioDevice, TYPE_FS, VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX,
 };
 
-/// VIRTIO_RING_F_EVENT_IDX (virtio 1.2, 6): the driver and the device tell each other which
-/// ring index they want to hear about, so a busy queue raises few interrupts and notifies.
-pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
-
 /// Queue 0 is hiprio (FORGET, INTERRUPT), queue 1 the one request queue. More request queues
-/// would only help with more than one worker thread; one thread has not been the limit (see
-/// the module docs of `worker`).
+/// would only help with more worker threads (see the module docs of `worker`).
 const NUM_REQUEST_QUEUES: u32 = 1;
 const HIPRIO_QUEUE_SIZE: u16 = 128;
 const REQUEST_QUEUE_SIZE: u16 = 1024;
@@ -38,7 +34,7 @@ pub struct VirtioFs {
     /// The file system served; rebuilt after a driver reset so no inode or handle of the
     /// previous driver survives.
     fs: Option<Arc<ShareFs>>,
-    worker: Option<Worker>,
+    worker: Option<DeviceWorker>,
 }
 
 impl VirtioFs {
@@ -177,18 +173,15 @@ impl VirtioDevice for VirtioFs {
                 fs
             }
         };
-        let event_idx = activation.acked_features & VIRTIO_RING_F_EVENT_IDX != 0;
-        let mut queues = activation.queues;
-        for active in &mut queues {
-            active.queue.set_event_idx(event_idx);
-        }
+        // With EVENT_IDX acked the transport has already switched it on in every queue.
         let state = QueueServer {
             memory: activation.memory,
             interrupt: activation.interrupt,
-            queues,
+            queues: activation.queues,
             server: Arc::new(Server::new(fs)),
+            dropped: 0,
         };
-        self.worker = Some(Worker::spawn(&self.tag, state).map_err(ActivateError::Worker)?);
+        self.worker = Some(worker::spawn(&self.tag, state).map_err(ActivateError::Worker)?);
         Ok(())
     }
 

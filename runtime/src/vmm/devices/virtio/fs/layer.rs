@@ -37,6 +37,12 @@ macro_rules! forward_to_inner {
 /// or acting only on handles an earlier checked operation created).
 macro_rules! forward_common_ops {
     () => {
+        forward_common_ops!(except init);
+        forward_to_inner! {
+            fn init(&self, capable: FsOptions) -> std::io::Result<FsOptions>;
+        }
+    };
+    (except init) => {
         fn destroy(&self) {
             self.inner.destroy()
         }
@@ -47,7 +53,6 @@ macro_rules! forward_common_ops {
             self.inner.batch_forget(ctx, requests)
         }
         forward_to_inner! {
-            fn init(&self, capable: FsOptions) -> std::io::Result<FsOptions>;
             fn lookup(&self, ctx: &Context, parent: u64, name: &std::ffi::CStr) -> std::io::Result<Entry>;
             fn getattr(&self, ctx: &Context, inode: u64, handle: Option<u64>) -> std::io::Result<(stat64, std::time::Duration)>;
             fn readlink(&self, ctx: &Context, inode: u64) -> std::io::Result<Vec<u8>>;
