@@ -42,8 +42,11 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+# Library and binary unit tests, plus the agent's and the protocol's own test targets
+# (real processes, chroots into a busybox rootfs: they need root).
 unit-test:
 	$(CARGO) test --workspace --lib --bins
+	$(CARGO) test -p husk-agent -p husk-protocol --tests
 
 # The runc-compatible CLI through the release binary, natively (no VM).
 cli-test: husk

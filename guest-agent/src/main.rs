@@ -68,11 +68,23 @@ fn warn(message: &str) {
     console_line(&format!("{WARNING_MARKER} {message}"));
 }
 
-/// Writes one line to the console (the kernel opened /dev/console as our stdout).
-/// A single write keeps the line whole: every console byte is a VM exit, so no
-/// buffering games either.
+/// Writes one line to the console. Through /dev/kmsg when it is there (after the
+/// mounts): the kernel prints each record whole, so a kernel warning printed by another
+/// vCPU at the same moment cannot split the line (it did, under load, on a plain tty
+/// write). Level 2 (crit) gets past `quiet`. Before the mounts, or without /dev/kmsg,
+/// one write to the console (every console byte is a VM exit: no buffering games).
 fn console_line(line: &str) {
-    let mut buf = Vec::with_capacity(line.len() + 1);
+    use std::fs::OpenOptions;
+    let mut buf = Vec::with_capacity(line.len() + 4);
+    if let Ok(mut kmsg) = OpenOptions::new().write(true).open("/dev/kmsg") {
+        buf.extend_from_slice(b"<2>");
+        buf.extend_from_slice(line.as_bytes());
+        buf.push(b'\n');
+        if kmsg.write_all(&buf).is_ok() {
+            return;
+        }
+        buf.clear();
+    }
     buf.extend_from_slice(line.as_bytes());
     buf.push(b'\n');
     let _ = std::io::stdout().lock().write_all(&buf);
