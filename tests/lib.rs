@@ -76,15 +76,22 @@ impl Run {
 
 /// Runs husk with `args`, killing it (and failing the test) after `deadline`.
 pub fn husk(args: &[&str], deadline: Duration) -> Run {
+    let (child, token, start) = spawn_husk(args, Stdio::null());
+    wait_husk(child, token, start, deadline)
+}
+
+/// Spawns husk with `args`, `stdin` as given and stdout/stderr piped; returns the child,
+/// its leftover token and when it started, for [`wait_husk`].
+pub fn spawn_husk(args: &[&str], stdin: Stdio) -> (Child, String, Instant) {
     let (mut command, token) = husk_command(args);
     let start = Instant::now();
     let child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn husk");
-    wait_husk(child, token, start, deadline)
+    (child, token, start)
 }
 
 /// A husk command with `args` and a token unique to this run in its environment (the

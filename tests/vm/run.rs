@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, husk_command, wait_husk, Run};
+use husk_tests::{husk, husk_command, spawn_husk, wait_husk, Run};
 
 /// Generous: inside the emulated test bed on a loaded machine one run took over a minute
 /// (natively ~100 ms).
@@ -90,14 +90,7 @@ fn run(extra: &[&str], cmd: &[&str], stdin: &[u8], deadline: Duration) -> Run {
     args.extend_from_slice(extra);
     args.push("--");
     args.extend_from_slice(cmd);
-    let (mut command, token) = husk_command(&args);
-    let start = Instant::now();
-    let mut child = command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn husk");
+    let (mut child, token, start) = spawn_husk(&args, Stdio::piped());
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
     // A writer thread: husk reads its stdin only once the VM is up.
@@ -133,25 +126,21 @@ fn stdin_reaches_the_command_and_its_eof_too() {
 #[test]
 fn sigterm_to_husk_kills_the_command_143() {
     let root = rootfs().to_str().unwrap().to_string();
-    let (mut command, token) = husk_command(&[
-        "vm",
-        "run",
-        "--timeout",
-        READY_TIMEOUT,
-        "--rootfs",
-        &root,
-        "--",
-        "sh",
-        "-c",
-        "echo started; exec sleep 100",
-    ]);
-    let start = Instant::now();
-    let mut child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn husk");
+    let (mut child, token, start) = spawn_husk(
+        &[
+            "vm",
+            "run",
+            "--timeout",
+            READY_TIMEOUT,
+            "--rootfs",
+            &root,
+            "--",
+            "sh",
+            "-c",
+            "echo started; exec sleep 100",
+        ],
+        Stdio::null(),
+    );
     // The command is running once it says so: then the signal must reach it.
     let mut out = child.stdout.take().unwrap();
     let mut seen = Vec::new();
@@ -173,24 +162,20 @@ fn sigterm_to_husk_kills_the_command_143() {
 #[test]
 fn sigterm_during_boot_abandons_it_and_cleans_up() {
     let root = rootfs().to_str().unwrap().to_string();
-    let (mut command, token) = husk_command(&[
-        "vm",
-        "run",
-        "--timeout",
-        READY_TIMEOUT,
-        "--rootfs",
-        &root,
-        "--",
-        "sleep",
-        "100",
-    ]);
-    let start = Instant::now();
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn husk");
+    let (child, token, start) = spawn_husk(
+        &[
+            "vm",
+            "run",
+            "--timeout",
+            READY_TIMEOUT,
+            "--rootfs",
+            &root,
+            "--",
+            "sleep",
+            "100",
+        ],
+        Stdio::null(),
+    );
     // The state directory exists once husk handles its signals and is booting.
     let booting = || std::fs::read_dir(STATE_ROOT).is_ok_and(|mut d| d.next().is_some());
     while !booting() {
