@@ -43,10 +43,12 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 # Library and binary unit tests, plus the agent's and the protocol's own test targets
-# (real processes, chroots into a busybox rootfs: they need root).
+# (real processes, chroots into a busybox rootfs: they need root), and the check that
+# man/ matches the CLI.
 unit-test:
 	$(CARGO) test --workspace --lib --bins
 	$(CARGO) test -p husk-agent -p husk-protocol --tests
+	$(CARGO) test -p husk --test man
 
 # The runc-compatible CLI through the release binary, natively (no VM).
 cli-test: husk
@@ -62,6 +64,8 @@ install: all
 	install -D -m 0755 $(OUT)/husk $(DESTDIR)$(PREFIX)/bin/husk
 	install -D -m 0644 $(OUT)/vmlinux $(DESTDIR)$(PREFIX)/share/husk/vmlinux
 	install -D -m 0644 $(OUT)/initramfs.cpio $(DESTDIR)$(PREFIX)/share/husk/initramfs.cpio
+	install -d $(DESTDIR)$(PREFIX)/share/man/man8
+	install -m 0644 man/*.8 $(DESTDIR)$(PREFIX)/share/man/man8/
 
 clean:
 	$(CARGO) clean
