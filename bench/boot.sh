@@ -17,7 +17,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.
   results=$(mktemp -d /tmp/husk-bench.XXXXXX)
   trap 'rm -rf "$results"' EXIT
-  measure_where bench/boot.sh "$runs" "$results"
+  measure_where bench/boot.sh "$results" "$runs"
   col() { awk -v c="$2" '{print $c}' "$results/$1" | median; }
   h_ready=$(col husk 1); q_ready=$(col qemu 1)
   h_exit=$(col husk 2); q_exit=$(col qemu 2)

@@ -4,12 +4,13 @@
 # on virtio-fs (dd), find + stat over 10,000 small files, and a file through the guest
 # process's stdout to the host (cat, checksum checked). Writes its table into
 # docs/benchmarks.md.
-#   bench/data.sh [MIB]          (default 256)
+#   bench/data.sh [FILE_MIB [STDOUT_MIB]]     (defaults 1024 and 256)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 
-mib=${1:-256}
+mib=${1:-1024}
+stdout_mib=${2:-256}
 out=target/release
 for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio" /bin/busybox; do
   [ -e "$f" ] || { echo "bench/data.sh: $f is missing: run make first" >&2; exit 1; }
@@ -20,19 +21,19 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   results=$(mktemp -d /tmp/husk-bench-data.XXXXXX)
   trap 'rm -rf "$results"' EXIT
   where=""
-  measure_where bench/data.sh "$mib" "$results"
+  measure_where bench/data.sh "$results" "$mib" "$stdout_mib"
   [ -s "$results/data" ] || { echo "bench/data.sh: no results" >&2; exit 1; }
-  # lines: name guest_s host_s
+  # lines: name guest_s host_s label MiB
   row() {
-    awk -v n="$1" -v mib="$mib" -v unit="$2" '$1 == n {
-      if (unit == "MiB/s") printf "| %s | %.1f MiB/s | %.1f MiB/s | %.0f%% |\n", $4, mib / $2, mib / $3, 100 * $3 / $2;
+    awk -v n="$1" -v unit="$2" '$1 == n {
+      if (unit == "MiB/s") printf "| %s | %.1f MiB/s | %.1f MiB/s | %.0f%% |\n", $4, $5 / $2, $5 / $3, 100 * $3 / $2;
       else printf "| %s | %.2f s | %.2f s | %.0f%% |\n", $4, $2, $3, 100 * $3 / $2 }' "$results/data"
   }
   table=$(mktemp)
   {
     echo "## Data path throughput: guest vs host (bench/data.sh)"
     echo
-    echo "$(date -u +%Y-%m-%d), one run each, $mib MiB file, 1 vCPU / 512 MiB guest, ran $where."
+    echo "$(date -u +%Y-%m-%d), one run each, a $mib MiB file for dd, $stdout_mib MiB through stdout, 1 vCPU / 512 MiB guest, ran $where."
     echo "This machine's load average at the start: $load. Guest work runs in \`husk vm run\` over a busybox rootfs on virtio-fs"
     echo "(share cache policy: exclusive for the rootfs); host work is the same command on the directory the VMM shares."
     echo "Guest times are taken inside the guest (/proc/uptime) except stdout, which is the host's wall time for"
@@ -59,6 +60,7 @@ mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,etc,root,run,meta}
 cp /bin/busybox "$rootfs/bin/busybox"
 for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"; done
 head -c $((mib << 20)) /dev/urandom >"$rootfs/big"
+head -c $((stdout_mib << 20)) /dev/urandom >"$rootfs/out"
 for d in $(seq 100); do
   mkdir "$rootfs/meta/$d"
   for f in $(seq 100); do : >"$rootfs/meta/$d/$f"; done
@@ -80,27 +82,27 @@ wall_secs() {
 
 g=$(guest_secs "dd if=/dev/zero of=/w.dat bs=1M count=$mib conv=fsync 2>/dev/null")
 h=$(host_secs "cd '$rootfs' && dd if=/dev/zero of=h.dat bs=1M count=$mib conv=fsync 2>/dev/null")
-echo "write $g $h sequential-write-dd" >>"$RESULTS/data"
+echo "write $g $h sequential-write-dd-${mib}MiB $mib" >>"$RESULTS/data"
 rm -f "$rootfs/w.dat" "$rootfs/h.dat"
 
 g=$(guest_secs "dd if=/big of=/dev/null bs=1M 2>/dev/null")
 h=$(host_secs "dd if='$rootfs/big' of=/dev/null bs=1M 2>/dev/null")
-echo "read $g $h sequential-read-dd" >>"$RESULTS/data"
+echo "read $g $h sequential-read-dd-${mib}MiB $mib" >>"$RESULTS/data"
 
 g=$(guest_secs "find /meta -type f | xargs stat >/dev/null")
 h=$(host_secs "cd '$rootfs' && find meta -type f | xargs stat >/dev/null")
 echo "meta $g $h find+stat-10000-files" >>"$RESULTS/data"
 
-want=$(sha256sum <"$rootfs/big" | cut -d' ' -f1)
+want=$(sha256sum <"$rootfs/out" | cut -d' ' -f1)
 base=$(wall_secs vmrun true)
 got_file=$work/got
-t=$(wall_secs sh -c "'$out/husk' vm run --memory 512 --rootfs '$rootfs' -- cat /big | sha256sum >'$got_file'")
+t=$(wall_secs sh -c "'$out/husk' vm run --memory 512 --rootfs '$rootfs' -- cat /out | sha256sum >'$got_file'")
 got=$(cut -d' ' -f1 <"$got_file")
 echo "" >>"$RESULTS/notes"
 if [ "$got" = "$want" ]; then
   g=$(awk -v t="$t" -v b="$base" 'BEGIN { printf "%.2f\n", t - b }')
-  h=$(host_secs "cat '$rootfs/big' | sha256sum >/dev/null")
-  echo "stdout $g $h stdout-cat-to-host(sha256-checked)" >>"$RESULTS/data"
+  h=$(host_secs "cat '$rootfs/out' | sha256sum >/dev/null")
+  echo "stdout $g $h stdout-cat-to-host-${stdout_mib}MiB(sha256-checked) $stdout_mib" >>"$RESULTS/data"
   echo "stdout checksum matched ($want)." >>"$RESULTS/notes"
 else
   echo "bench/data.sh: stdout checksum mismatch: $got != $want" >&2

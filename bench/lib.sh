@@ -46,16 +46,17 @@ replace_section() {
     !skip { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
 }
 
-# measure_where SCRIPT RUNS RESULTS: runs SCRIPT's measurements (with HUSK_BENCH_INNER=1
-# and RESULTS set) natively where this host's KVM boots a stock guest, inside the test bed
-# otherwise; sets $where to a phrase saying which, for the report.
+# measure_where SCRIPT RESULTS [ARGS...]: runs SCRIPT ARGS's measurements (with
+# HUSK_BENCH_INNER=1 and RESULTS set) natively where this host's KVM boots a stock guest,
+# inside the test bed otherwise; sets $where to a phrase saying which, for the report.
 measure_where() {
-  local script=$1 runs=$2 results=$3
+  local script=$1 results=$2
+  shift 2
   if where=$(tests/testbed/native-kvm); then
     where="natively ($where)"
-    HUSK_BENCH_INNER=1 RESULTS=$results "$script" "$runs"
+    HUSK_BENCH_INNER=1 RESULTS=$results "$script" "$@"
   else
     where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
-    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$runs"
+    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$@"
   fi
 }

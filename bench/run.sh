@@ -20,7 +20,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   results=$(mktemp -d /tmp/husk-bench-run.XXXXXX)
   trap 'rm -rf "$results"' EXIT
-  measure_where bench/run.sh "$runs" "$results"
+  measure_where bench/run.sh "$results" "$runs"
   [ -s "$results/run" ] && [ -s "$results/boot" ] || { echo "bench/run.sh: no results" >&2; exit 1; }
   col() { awk -v c="$2" '{print $c}' "$results/$1" | median; }
   # run: wall status vmm_setup to_ready guest_boot mounts create start run shutdown total
