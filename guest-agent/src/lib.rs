@@ -233,6 +233,10 @@ impl Agent {
                 child.close_stdin()?;
                 Ok(Response::Ok)
             }
+            Request::ListProcesses { id } => {
+                let processes = self.container(&id)?.processes()?;
+                Ok(Response::Processes { processes })
+            }
             Request::Shutdown => {
                 // Flush every filesystem (the shares write through to the host) before the
                 // host hears "ok" and may tear the VM down.

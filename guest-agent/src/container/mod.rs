@@ -18,12 +18,14 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use husk_protocol::process::{spawn_with, Child, Reaper, SpawnOptions, Stdio};
-use husk_protocol::{AgentError, ErrorKind, ProcessRef, StdioConfig};
+use husk_protocol::{AgentError, ErrorKind, GuestProcessInfo, ProcessRef, StdioConfig};
 use nix::errno::Errno;
 use nix::mount::MsFlags;
 use oci_spec::runtime::{Mount, Process, Spec};
 
 use crate::{errno_text, lock, mounts};
+
+mod procs;
 
 pub struct Container {
     id: String,
@@ -161,6 +163,34 @@ impl Container {
         }
         Ok(())
     }
+}
+
+impl Container {
+    /// Every process whose root is the container's, init first then by pid.
+    pub fn processes(&self) -> Result<Vec<GuestProcessInfo>, AgentError> {
+        let mut pids = processes_in(&self.root)?;
+        let init = self.init.pid();
+        pids.sort_by_key(|&p| (p != init, p));
+        Ok(pids.into_iter().map(procs::info).collect())
+    }
+}
+
+/// The pids whose root is `root` (the agent excluded).
+fn processes_in(root: &Path) -> Result<Vec<i32>, AgentError> {
+    let entries = std::fs::read_dir("/proc")
+        .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
+    let me = std::process::id() as i32;
+    Ok(entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .filter(|&pid| {
+            pid != me
+                && std::fs::read_link(format!("/proc/{pid}/root"))
+                    .ok()
+                    .as_deref()
+                    == Some(root)
+        })
+        .collect())
 }
 
 /// Sends `signal` to every process whose root is `root`; returns how many got it.
