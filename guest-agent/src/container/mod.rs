@@ -1,17 +1,35 @@
-//! A container: its root, its init process and its exec'd processes.
+//! A container: its root, its namespaces, its cgroup, its init process and its execs,
+//! built from the OCI spec the host sends (`root.path` and bind sources are guest paths).
 //!
-//! For now a container is a chroot into `spec.root.path` (a guest path, normally a
-//! mounted virtio-fs share) with the kernel filesystems busybox-style programs need
-//! mounted inside it: proc, sysfs (read-only), the guest's /dev (bound recursively, so
-//! /dev/pts and /dev/shm come along) and the spec's tmpfs mounts outside those three.
-//! The init process is spawned parked before exec ([`SpawnOptions::start_gated`]) and
-//! execs on `StartContainer`; execs run at once in the same root. When the init exits,
-//! every process left in the root is killed, as at the end of a pid namespace.
+//! The init is spawned by the process core ([`spawn_with`]) with this module's
+//! [`setup::Steps`] run in the child, in runc's order:
+//! clone(CLONE_NEWPID) -> join the cgroup -> unshare mount/uts/ipc/cgroup -> the spec's
+//! mounts and /dev under the root -> pivot_root -> read-only root -> hostname, sysctl ->
+//! readonlyPaths, maskedPaths (after sysctl: /proc/sys is in the default readonlyPaths)
+//! -> rlimits -> capability bounding set -> (core: setgroups/setgid/setuid, umask, cwd)
+//! -> capabilities -> no_new_privs -> seccomp -> parked until `StartContainer` -> exec.
+//! oom_score_adj is written first, through the guest's /proc, before /proc changes.
 //!
-//! What the next issue slots in here: namespaces (then `signal_all` and the end of the
-//! init become "every process of the pid namespace"), pivot_root instead of chroot, the
-//! spec's other mounts, cgroups, capabilities, rlimits, seccomp. The process core's
-//! [`Reaper::register_with`] is the seam for a spawner that needs its own clone flags.
+//! The container's own directory (`<containers dir>/<id>`) holds a recursive bind of
+//! `root.path` at `root`: the mount namespace is copied from the agent's with it, and
+//! pivot_root needs a mount point. A spec without a mount namespace gets a chroot there
+//! instead (the default `husk vm run` spec has one; only hand-made specs lack it).
+//!
+//! Which processes are "the container's" (for `Signal{all}`, `ListProcesses` and the end
+//! of the init): those of its pid namespace; without one, of its mount namespace; without
+//! either, those whose root is its root. With a pid namespace the kernel kills every
+//! process left when the init exits; without, the agent does.
+
+mod capabilities;
+mod cgroup;
+mod devices;
+mod namespaces;
+mod privileges;
+mod procs;
+mod rootfs;
+pub mod seccomp;
+mod setup;
+mod syscalls;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -20,69 +38,211 @@ use std::sync::{Arc, Mutex};
 use husk_protocol::process::{spawn_with, Child, Reaper, SpawnOptions, Stdio};
 use husk_protocol::{AgentError, ErrorKind, GuestProcessInfo, ProcessRef, StdioConfig};
 use nix::errno::Errno;
-use nix::mount::MsFlags;
-use oci_spec::runtime::{Mount, Process, Spec};
+use oci_spec::runtime::{Process, Spec};
 
 use crate::{errno_text, lock, mounts};
+use cgroup::Cgroup;
+pub use cgroup::DEFAULT_CGROUP_ROOT;
+use namespaces::Namespaces;
+use setup::{Step, Steps};
 
-mod procs;
+/// What a create needs besides the spec.
+pub struct CreateArgs<'a> {
+    pub reaper: &'a Reaper,
+    /// The container's own directory (its root is bound at `dir/root`).
+    pub dir: &'a Path,
+    pub id: &'a str,
+    pub stdio: StdioConfig,
+    pub streams: Stdio,
+    /// Where cgroup2 is (or gets) mounted; `None`: no cgroup (tests on a host).
+    pub cgroup_root: Option<&'a Path>,
+}
 
 pub struct Container {
     id: String,
-    /// The canonical guest path of the root (what `/proc/N/root` of its processes reads).
+    /// The canonical guest path of the agent-side bind of the root.
     root: PathBuf,
+    namespaces: Namespaces,
+    cgroup: Option<Arc<Cgroup>>,
+    seccomp: Option<seccomp::Filter>,
+    /// The container's devpts instance in the agent's namespace (see
+    /// [`rootfs::mount_devpts`]).
+    devpts: Option<PathBuf>,
+    members: Members,
     init: Arc<Child>,
     execs: Mutex<HashMap<String, Arc<Child>>>,
 }
 
+/// How the container's processes are told from the others.
+#[derive(Debug, Clone)]
+enum Members {
+    PidNamespace(u64),
+    MountNamespace(u64),
+    Root(PathBuf),
+}
+
+impl Members {
+    fn contains(&self, pid: i32) -> bool {
+        match self {
+            Members::PidNamespace(ino) => namespaces::inode(pid, "pid") == Some(*ino),
+            Members::MountNamespace(ino) => namespaces::inode(pid, "mnt") == Some(*ino),
+            Members::Root(root) => {
+                std::fs::read_link(format!("/proc/{pid}/root"))
+                    .ok()
+                    .as_deref()
+                    == Some(root)
+            }
+        }
+    }
+
+    /// The guest pids of the container's processes (never the agent).
+    fn pids(&self) -> Result<Vec<i32>, AgentError> {
+        let entries = std::fs::read_dir("/proc")
+            .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
+        let me = std::process::id() as i32;
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+            .filter(|&pid| pid != me && self.contains(pid))
+            .collect())
+    }
+
+    /// Sends `signal` to every member; returns how many got it.
+    fn signal(&self, signal: i32) -> Result<usize, AgentError> {
+        let mut found = 0;
+        for pid in self.pids()? {
+            // SAFETY: plain syscall. A process that exited meanwhile (ESRCH) is not
+            // counted.
+            if unsafe { libc::kill(pid, signal) } == 0 {
+                found += 1;
+            } else if Errno::last() == Errno::EINVAL {
+                return Err(AgentError::new(
+                    ErrorKind::InvalidArgument,
+                    format!("signal {signal}: {}", errno_text(Errno::EINVAL)),
+                ));
+            }
+        }
+        Ok(found)
+    }
+}
+
+fn invalid(message: String) -> AgentError {
+    AgentError::new(ErrorKind::InvalidArgument, message)
+}
+
+/// What the agent made for a container outside it: undone when its init exits, or at
+/// once when its create fails.
+#[derive(Clone, Default)]
+struct Leftovers {
+    cgroup: Option<Arc<Cgroup>>,
+    mounts: Vec<PathBuf>,
+}
+
+impl Leftovers {
+    fn remove(&self) {
+        if let Some(c) = &self.cgroup {
+            c.remove();
+        }
+        for m in self.mounts.iter().rev() {
+            mounts::detach(m);
+        }
+    }
+}
+
 impl Container {
-    /// Prepares the root and spawns `spec.process` parked before exec. `dir` is the container's own directory: its view of the root is bound at
-    /// `dir/root`, so `/proc/N/root` tells its processes from another container's even
-    /// when both use the same `root.path`.
-    pub fn create(
-        reaper: &Reaper,
-        dir: &Path,
-        id: &str,
-        spec: &Spec,
-        stdio: StdioConfig,
-        streams: Stdio,
-    ) -> Result<Container, AgentError> {
-        let process = spec.process().as_ref().ok_or_else(|| {
-            AgentError::new(
-                ErrorKind::InvalidArgument,
-                format!("container {id}: the spec has no process"),
-            )
-        })?;
-        check_terminal(process, stdio)?;
+    /// Builds the container and spawns `spec.process` parked before exec.
+    pub fn create(spec: &Spec, args: CreateArgs<'_>) -> Result<Container, AgentError> {
+        let id = args.id;
+        let process = spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| invalid(format!("container {id}: the spec has no process")))?;
+        check_terminal(process, args.stdio)?;
+        let namespaces = Namespaces::from_spec(spec);
+        if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !namespaces.uts.is_own() {
+            return Err(invalid(format!(
+                "container {id}: a hostname needs a UTS namespace of its own"
+            )));
+        }
+        let seccomp = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .map(seccomp::compile)
+            .transpose()?;
         let source = container_root(id, spec)?;
-        let root = bind_root(&source, &dir.join("root"))?;
-        let options = SpawnOptions {
-            root: Some(root.clone()),
-            start_gated: true,
+        let root = bind_root(&source, &args.dir.join("root"))?;
+        let mut leftovers = Leftovers {
+            cgroup: None,
+            mounts: vec![root.clone()],
         };
-        let init = prepare_root(&root, spec.mounts().as_deref().unwrap_or(&[]))
-            .and_then(|()| spawn_with(reaper, process, streams, &options))
-            .inspect_err(|_| mounts::detach(&root))?;
+        let mut devpts = None;
+        let built = (|| {
+            devpts = rootfs::mount_devpts(spec, args.dir)?;
+            leftovers.mounts.extend(devpts.clone());
+            leftovers.cgroup = args
+                .cgroup_root
+                .map(|r| Cgroup::create(r, id, spec))
+                .transpose()?
+                .map(Arc::new);
+            let steps = init_steps(
+                spec,
+                process,
+                &root,
+                &namespaces,
+                leftovers.cgroup.as_deref(),
+                seccomp.as_ref(),
+                devpts.as_deref(),
+            )?;
+            let options = SpawnOptions {
+                root: (!namespaces.mount.is_own()).then(|| root.clone()),
+                start_gated: true,
+                clone_flags: namespaces.clone_flags(),
+                pid_namespace: namespaces.pid_to_join()?.map(Arc::new),
+                setup: Some(Arc::new(steps)),
+                ptmx: devpts.as_ref().map(|d| d.join("ptmx")),
+            };
+            spawn_with(args.reaper, process, args.streams, &options)
+        })();
+        let init = built.inspect_err(|_| leftovers.remove())?;
+        let pid = init.pid();
+        let members = if namespaces.pid.is_own() {
+            namespaces::inode(pid, "pid").map(Members::PidNamespace)
+        } else if namespaces.mount.is_own() {
+            namespaces::inode(pid, "mnt").map(Members::MountNamespace)
+        } else {
+            None
+        }
+        .unwrap_or_else(|| Members::Root(root.clone()));
         let container = Container {
             id: id.to_owned(),
             root,
+            namespaces,
+            cgroup: leftovers.cgroup.clone(),
+            seccomp,
+            devpts,
+            members,
             init: Arc::new(init),
             execs: Mutex::new(HashMap::new()),
         };
-        container.end_with_init();
+        container.end_with_init(leftovers);
         Ok(container)
     }
 
-    /// When the init process exits, every other process of the container is killed, as
-    /// the end of a pid namespace would (which replaces this once namespaces come).
-    fn end_with_init(&self) {
+    /// When the init exits: without a pid namespace, kill what is left (the kernel does
+    /// it for a pid namespace); then remove the cgroup and the agent's mounts.
+    fn end_with_init(&self, leftovers: Leftovers) {
         let exit = self.init.exit_watch();
-        let root = self.root.clone();
+        let members = self.members.clone();
+        let kill_rest = !self.namespaces.pid.is_own();
         let spawned = std::thread::Builder::new()
             .name("husk-init-watch".into())
             .spawn(move || {
                 exit.wait();
-                let _ = signal_processes_in(&root, libc::SIGKILL);
+                if kill_rest {
+                    let _ = members.signal(libc::SIGKILL);
+                }
+                leftovers.remove();
             });
         if let Err(e) = spawned {
             eprintln!("husk-agent: container {}: no init watcher: {e}", self.id);
@@ -96,15 +256,17 @@ impl Container {
     /// Lets the init process exec.
     pub fn start(&self) -> Result<(), AgentError> {
         if self.init.is_started() {
-            return Err(AgentError::new(
-                ErrorKind::InvalidArgument,
-                format!("container {} was already started", self.id),
-            ));
+            return Err(invalid(format!(
+                "container {} was already started",
+                self.id
+            )));
         }
         self.init.start()
     }
 
-    /// Runs `process` in the container's root at once; returns its pid.
+    /// Runs `process` in the container at once (its namespaces, root and cgroup, with
+    /// the process's own user, capabilities, rlimits, no_new_privs, and the container's
+    /// seccomp profile); returns its guest pid.
     pub fn exec(
         &self,
         reaper: &Reaper,
@@ -115,13 +277,10 @@ impl Container {
     ) -> Result<i32, AgentError> {
         check_terminal(process, stdio)?;
         if self.init.try_status().is_some() {
-            return Err(AgentError::new(
-                ErrorKind::InvalidArgument,
-                format!(
-                    "cannot exec in container {}: its init process has exited",
-                    self.id
-                ),
-            ));
+            return Err(invalid(format!(
+                "cannot exec in container {}: its init process has exited",
+                self.id
+            )));
         }
         // Hold the table across the spawn: two execs with one id cannot both start.
         let mut execs = lock(&self.execs);
@@ -131,9 +290,27 @@ impl Container {
                 format!("exec {exec_id} of container {} is still running", self.id),
             ));
         }
+        let init_pid = self.init.pid();
+        let mut steps = Steps::default();
+        privileges::oom_step(&mut steps, process)?;
+        if let Some(c) = &self.cgroup {
+            join_cgroup(&mut steps, c)?;
+        }
+        self.namespaces.exec_steps(&mut steps, init_pid)?;
+        privileges::steps(&mut steps, process, self.seccomp.as_ref())?;
+        let pid_namespace = if self.namespaces.pid.is_own() {
+            let path = PathBuf::from(format!("/proc/{init_pid}/ns/pid"));
+            Some(Arc::new(namespaces::open_ns(&path)?))
+        } else {
+            None
+        };
         let options = SpawnOptions {
-            root: Some(self.root.clone()),
+            root: (!self.namespaces.mount.is_own()).then(|| self.root.clone()),
             start_gated: false,
+            clone_flags: 0,
+            pid_namespace,
+            setup: Some(Arc::new(steps)),
+            ptmx: self.devpts.as_ref().map(|d| d.join("ptmx")),
         };
         let child = spawn_with(reaper, process, streams, &options)?;
         let pid = child.pid();
@@ -152,10 +329,9 @@ impl Container {
         }
     }
 
-    /// Sends `signal` to every process whose root is the container's (its init, its
-    /// execs and everything they started). `NotFound` when none is left.
+    /// Sends `signal` to every process of the container. `NotFound` when none is left.
     pub fn signal_all(&self, signal: i32) -> Result<(), AgentError> {
-        if signal_processes_in(&self.root, signal)? == 0 {
+        if self.members.signal(signal)? == 0 {
             return Err(AgentError::not_found(format!(
                 "running processes of container {}",
                 self.id
@@ -163,82 +339,79 @@ impl Container {
         }
         Ok(())
     }
-}
 
-impl Container {
-    /// Every process whose root is the container's, init first then by pid.
+    /// The container's processes, init first, then by pid.
     pub fn processes(&self) -> Result<Vec<GuestProcessInfo>, AgentError> {
-        let mut pids = processes_in(&self.root)?;
+        let mut pids = self.members.pids()?;
         let init = self.init.pid();
         pids.sort_by_key(|&p| (p != init, p));
         Ok(pids.into_iter().map(procs::info).collect())
     }
 }
 
-/// The pids whose root is `root` (the agent excluded).
-fn processes_in(root: &Path) -> Result<Vec<i32>, AgentError> {
-    let entries = std::fs::read_dir("/proc")
-        .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
-    let me = std::process::id() as i32;
-    Ok(entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
-        .filter(|&pid| {
-            pid != me
-                && std::fs::read_link(format!("/proc/{pid}/root"))
-                    .ok()
-                    .as_deref()
-                    == Some(root)
-        })
-        .collect())
+/// The init's steps, in the order of the module docs.
+fn init_steps(
+    spec: &Spec,
+    process: &Process,
+    root: &Path,
+    namespaces: &Namespaces,
+    cgroup: Option<&Cgroup>,
+    seccomp: Option<&seccomp::Filter>,
+    devpts: Option<&Path>,
+) -> Result<Steps, AgentError> {
+    let mut steps = Steps::default();
+    privileges::oom_step(&mut steps, process)?;
+    if let Some(c) = cgroup {
+        join_cgroup(&mut steps, c)?;
+    }
+    namespaces.init_steps(&mut steps)?;
+    let new_root = rootfs::steps(&mut steps, root, spec, namespaces.mount.is_own(), devpts)?;
+    if let Some(name) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+        steps.before_user(
+            format!("sethostname({name:?})"),
+            Step::Hostname(name.as_bytes().to_vec()),
+        );
+    }
+    let sysctls = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref());
+    let mut sysctls: Vec<_> = sysctls.into_iter().flatten().collect();
+    sysctls.sort();
+    for (key, value) in sysctls {
+        if key.contains('/') || key.split('.').any(|part| part.is_empty() || part == "..") {
+            return Err(invalid(format!("linux.sysctl: invalid key {key:?}")));
+        }
+        let path = new_root.join("proc/sys").join(key.replace('.', "/"));
+        steps.before_user(
+            format!("sysctl {key}={value}"),
+            Step::WriteFile {
+                path: rootfs::cpath(&path)?,
+                data: value.as_bytes().to_vec(),
+            },
+        );
+    }
+    rootfs::path_steps(&mut steps, &new_root, spec)?;
+    privileges::steps(&mut steps, process, seccomp)?;
+    Ok(steps)
 }
 
-/// Sends `signal` to every process whose root is `root`; returns how many got it.
-fn signal_processes_in(root: &Path, signal: i32) -> Result<usize, AgentError> {
-    let mut found = 0;
-    let entries = std::fs::read_dir("/proc")
-        .map_err(|e| AgentError::internal(format!("cannot list /proc: {e}")))?;
-    let me = std::process::id() as i32;
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        if pid == me
-            || std::fs::read_link(entry.path().join("root"))
-                .ok()
-                .as_deref()
-                != Some(root)
-        {
-            continue;
-        }
-        // SAFETY: plain syscall. A process that exited meanwhile (ESRCH) is not counted.
-        if unsafe { libc::kill(pid, signal) } == 0 {
-            found += 1;
-        } else if Errno::last() == Errno::EINVAL {
-            return Err(AgentError::new(
-                ErrorKind::InvalidArgument,
-                format!("signal {signal}: {}", errno_text(Errno::EINVAL)),
-            ));
-        }
-    }
-    Ok(found)
+fn join_cgroup(steps: &mut Steps, cgroup: &Cgroup) -> Result<(), AgentError> {
+    steps.before_user(
+        format!("joining the cgroup {}", cgroup.path().display()),
+        Step::WriteFd {
+            fd: cgroup.procs_fd()?,
+            data: b"0".to_vec(),
+        },
+    );
+    Ok(())
 }
 
 /// The tty is one stream: the process and the host must agree on having one.
 pub fn check_terminal(process: &Process, stdio: StdioConfig) -> Result<(), AgentError> {
     let wants = process.terminal().unwrap_or(false);
     if wants != stdio.terminal {
-        return Err(AgentError::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "process.terminal is {wants} but the request's stdio.terminal is {}",
-                stdio.terminal
-            ),
-        ));
+        return Err(invalid(format!(
+            "process.terminal is {wants} but the request's stdio.terminal is {}",
+            stdio.terminal
+        )));
     }
     Ok(())
 }
@@ -247,13 +420,10 @@ pub fn check_terminal(process: &Process, stdio: StdioConfig) -> Result<(), Agent
 fn container_root(id: &str, spec: &Spec) -> Result<PathBuf, AgentError> {
     let root = spec.root().as_ref().map(|r| r.path().as_path());
     let Some(root) = root.filter(|r| r.is_absolute()) else {
-        return Err(AgentError::new(
-            ErrorKind::InvalidArgument,
-            format!(
-                "container {id}: root.path must be an absolute guest path (got {:?})",
-                root.unwrap_or(Path::new(""))
-            ),
-        ));
+        return Err(invalid(format!(
+            "container {id}: root.path must be an absolute guest path (got {:?})",
+            root.unwrap_or(Path::new(""))
+        )));
     };
     let canonical = std::fs::canonicalize(root).map_err(|e| {
         AgentError::new(
@@ -262,10 +432,10 @@ fn container_root(id: &str, spec: &Spec) -> Result<PathBuf, AgentError> {
         )
     })?;
     if !canonical.is_dir() {
-        return Err(AgentError::new(
-            ErrorKind::InvalidArgument,
-            format!("container {id}: root {} is not a directory", root.display()),
-        ));
+        return Err(invalid(format!(
+            "container {id}: root {} is not a directory",
+            root.display()
+        )));
     }
     Ok(canonical)
 }
@@ -277,91 +447,4 @@ fn bind_root(source: &Path, target: &Path) -> Result<PathBuf, AgentError> {
         mounts::detach(target);
         AgentError::internal(format!("container root {}: {e}", target.display()))
     })
-}
-
-/// The kernel filesystems inside the root. Each is skipped when something is already
-/// mounted there (a second container on the same root).
-fn prepare_root(root: &Path, spec_mounts: &[Mount]) -> Result<(), AgentError> {
-    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    let proc_ = root.join("proc");
-    if !mounts::is_mount_point(&proc_) {
-        mounts::mount_fs("proc", &proc_, "proc", nosuid_nodev_noexec, "")?;
-    }
-    let sys = root.join("sys");
-    if !mounts::is_mount_point(&sys) {
-        mounts::mount_fs(
-            "sysfs",
-            &sys,
-            "sysfs",
-            nosuid_nodev_noexec | MsFlags::MS_RDONLY,
-            "",
-        )?;
-    }
-    let dev = root.join("dev");
-    if !mounts::is_mount_point(&dev) {
-        mounts::rbind(Path::new("/dev"), &dev)?;
-    }
-    for m in spec_mounts {
-        if m.typ().as_deref() != Some("tmpfs") {
-            continue;
-        }
-        let dest = m.destination();
-        let Some(dest_str) = dest.to_str() else {
-            continue;
-        };
-        let inside = mounts::guest_path(dest_str)?;
-        if ["/dev", "/proc", "/sys"]
-            .iter()
-            .any(|kernel| inside.starts_with(kernel))
-        {
-            continue;
-        }
-        let target = root.join(inside.strip_prefix("/").unwrap_or(inside));
-        if mounts::is_mount_point(&target) {
-            continue;
-        }
-        let (flags, data) = mount_options(m.options().as_deref().unwrap_or(&[]));
-        mounts::mount_fs("tmpfs", &target, "tmpfs", flags, &data)?;
-    }
-    Ok(())
-}
-
-/// fstab-style options: the flags mount(2) takes as flags, the rest as data.
-fn mount_options(options: &[String]) -> (MsFlags, String) {
-    let mut flags = MsFlags::empty();
-    let mut data = Vec::new();
-    for o in options {
-        match o.as_str() {
-            "ro" => flags |= MsFlags::MS_RDONLY,
-            "rw" | "defaults" => {}
-            "nosuid" => flags |= MsFlags::MS_NOSUID,
-            "nodev" => flags |= MsFlags::MS_NODEV,
-            "noexec" => flags |= MsFlags::MS_NOEXEC,
-            "noatime" => flags |= MsFlags::MS_NOATIME,
-            "strictatime" => flags |= MsFlags::MS_STRICTATIME,
-            "relatime" => flags |= MsFlags::MS_RELATIME,
-            "suid" | "dev" | "exec" => {}
-            other => data.push(other),
-        }
-    }
-    (flags, data.join(","))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn mount_options_split_flags_from_data() {
-        let opts: Vec<String> = ["nosuid", "strictatime", "mode=755", "size=65536k", "ro"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        let (flags, data) = mount_options(&opts);
-        assert_eq!(
-            flags,
-            MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME | MsFlags::MS_RDONLY
-        );
-        assert_eq!(data, "mode=755,size=65536k");
-    }
 }
