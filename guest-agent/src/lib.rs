@@ -1,6 +1,6 @@
 //! husk-agent's request handling, apart from PID 1's duties so that it runs (and is
 //! tested) as an ordinary process on the host: the tests serve it over unix socket pairs
-//! with a real busybox rootfs and a real chroot.
+//! with a real busybox rootfs, real namespaces, mounts and pivot_root.
 //!
 //! The binary (`main.rs`) is PID 1 of the guest: it mounts the kernel filesystems, starts
 //! the process core's [`Reaper`], listens on the vsock ports and hands every accepted
@@ -8,8 +8,10 @@
 //! [`Agent::accept_stdio`] for `AGENT_STDIO_PORT`), each on its own thread.
 //!
 //! - [`streams`]: stdio connections parked per (process, kind) until a request claims them.
-//! - [`container`]: a container's rootfs setup and its processes (init and execs).
-//! - [`mounts`]: mount(2) helpers: kernel filesystems, virtio-fs shares.
+//! - [`container`]: an OCI container built from its spec (namespaces, mounts, pivot_root,
+//!   capabilities, seccomp, cgroup) and its processes (init and execs).
+//! - [`mounts`]: mount(2) helpers: leaving the initramfs, kernel filesystems, virtio-fs
+//!   shares.
 //! - [`vsock`]: AF_VSOCK sockets through libc (a crate would bring a second `nix`).
 
 pub mod container;
