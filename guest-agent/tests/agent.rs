@@ -1,9 +1,9 @@
-//! The agent's request handling against real processes in a real chroot: an `Agent`
+//! The agent's request handling against real processes in real containers: an `Agent`
 //! served over unix socket pairs, a busybox rootfs built in a temp dir from this
 //! machine's busybox-static, the host side spoken with the protocol crate's `Client`.
 //!
-//! Its own main instead of libtest: the agent mounts proc, sysfs and the /dev bind inside
-//! the rootfs, so the process first moves to a private mount namespace (which `unshare`
+//! Its own main instead of libtest: the agent binds container roots and mounts devpts
+//! instances, so the process first moves to a private mount namespace (which `unshare`
 //! only allows while single-threaded) and becomes a child subreaper (the agent is PID 1
 //! in the guest; here orphans must come to us). Needs root, like the agent.
 
@@ -23,7 +23,7 @@ use husk_protocol::{
     open_stdio_stream, Client, ErrorKind, ExitStatus, ProcessRef, ProtocolError, ServeEnd,
     StdioConfig, StreamHeader, StreamKind,
 };
-use oci_spec::runtime::{Mount, Process, Root, Spec, User};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Root, Spec, User};
 
 const BUSYBOX: &str = "/bin/busybox";
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,14 +31,6 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 struct Env {
     agent: Arc<Agent>,
     rootfs: PathBuf,
-    containers: PathBuf,
-}
-
-impl Env {
-    /// Where the agent bound container `id`'s root.
-    fn root_of(&self, id: &str) -> PathBuf {
-        self.containers.join(id).join("root")
-    }
 }
 
 type Test = (&'static str, fn(&Env));
@@ -78,10 +70,10 @@ fn main() {
             Settings {
                 stream_wait: Duration::from_secs(2),
                 containers_dir: dir.join("containers"),
+                cgroup_root: None,
             },
         )),
         rootfs,
-        containers: dir.join("containers"),
     };
     let tests: &[Test] = &[
         ("create_start_wait_exit_code", create_start_wait_exit_code),
@@ -99,6 +91,7 @@ fn main() {
         ),
         ("missing_command_is_127", missing_command_is_127),
         ("env_cwd_user_applied", env_cwd_user_applied),
+        ("oci_semantics_applied", oci_semantics_applied),
         ("orphans_are_reaped", orphans_are_reaped),
         ("errors_are_clear", errors_are_clear),
         ("stream_errors", stream_errors),
@@ -279,6 +272,16 @@ fn spec(env: &Env, process: Process) -> Spec {
     spec
 }
 
+/// `spec` without its pid namespace.
+fn without_pid_namespace(mut spec: Spec) -> Spec {
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+        }
+    }
+    spec
+}
+
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -391,7 +394,7 @@ fn init_waits_for_start(env: &Env) {
     let mut out = open_stream(env, &init, StreamKind::Stdout);
     let mut c = connect(env);
     let p = process(&["echo", "started"]);
-    c.create_container(&id, spec(env, p), OUT).unwrap();
+    let pid = c.create_container(&id, spec(env, p), OUT).unwrap();
     // Created, not started: nothing runs yet.
     out.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -401,10 +404,11 @@ fn init_waits_for_start(env: &Env) {
         other => panic!("the init process ran before start: {other:?}"),
     }
     out.set_read_timeout(Some(TIMEOUT)).unwrap();
-    // And the container's kernel filesystems are there.
+    // And the container's kernel filesystems are there (in its mount namespace).
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
     for dir in ["proc", "sys", "dev"] {
         assert!(
-            husk_agent::mounts::is_mount_point(&env.root_of(&id).join(dir)),
+            husk_agent::mounts::is_mount_point(&root.join(dir)),
             "/{dir} is not mounted in the rootfs"
         );
     }
@@ -489,9 +493,18 @@ fn tty_and_resize(env: &Env) {
 }
 
 fn signal_one_process(env: &Env) {
-    let (id, _s) = run(env, &["sleep", "100"], StdioConfig::default());
-    let init = ProcessRef::init(id.as_str());
+    // The init of a pid namespace ignores signals it has no handler for (the kernel's
+    // rule, as with runc): a container without one shows the plain delivery.
+    let id = unique("sig");
     let mut c = connect(env);
+    c.create_container(
+        &id,
+        without_pid_namespace(spec(env, process(&["sleep", "100"]))),
+        StdioConfig::default(),
+    )
+    .unwrap();
+    c.start_container(&id).unwrap();
+    let init = ProcessRef::init(id.as_str());
     c.signal(init.clone(), libc::SIGTERM, false).unwrap();
     let status = wait(env, init.clone());
     assert_eq!(status, ExitStatus::Signaled(libc::SIGTERM));
@@ -512,8 +525,8 @@ fn signal_all_processes(env: &Env) {
     let mut out = s.stdout.unwrap();
     let mut ready = [0u8; 6];
     out.read_exact(&mut ready).unwrap();
-    let in_root = || count_processes_in(&env.root_of(&id));
-    assert_eq!(in_root(), 3, "sh and two sleeps in the root");
+    let in_root = || count_processes(env, &id);
+    assert_eq!(in_root(), 3, "sh and two sleeps in the container");
     connect(env)
         .signal(init.clone(), libc::SIGKILL, true)
         .unwrap();
@@ -525,29 +538,9 @@ fn signal_all_processes(env: &Env) {
     assert_eq!(in_root(), 0, "every process of the container is gone");
 }
 
-/// Processes (zombies excluded) whose root is `root`.
-fn count_processes_in(root: &Path) -> usize {
-    let root = std::fs::canonicalize(root).unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|e| std::fs::read_link(e.path().join("root")).ok().as_ref() == Some(&root))
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .map(|r| r.trim_start().starts_with('Z'))
-                })
-                == Some(false)
-        })
-        .count()
+/// The container's processes, as `ListProcesses` reports them.
+fn count_processes(env: &Env, id: &str) -> usize {
+    connect(env).list_processes(id).unwrap().len()
 }
 
 fn exec_in_the_same_root(env: &Env) {
@@ -608,7 +601,7 @@ fn containers_on_one_root_stay_apart(env: &Env) {
     thread::sleep(Duration::from_millis(200));
     let mut c = connect(env);
     c.signal(ProcessRef::init(long.as_str()), 0, false).unwrap();
-    assert_eq!(count_processes_in(&env.root_of(&long)), 1);
+    assert_eq!(count_processes(env, &long), 1);
     let e = agent_error(c.signal(ProcessRef::init(short.as_str()), libc::SIGKILL, true));
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
     c.signal(ProcessRef::init(long.as_str()), libc::SIGKILL, true)
@@ -667,14 +660,94 @@ fn env_cwd_user_applied(env: &Env) {
     assert_eq!(wait(env, init), ExitStatus::Exited(0));
 }
 
+/// The OCI parts beyond the process core: hostname, pid namespace, capabilities,
+/// no_new_privs, rlimits, masked and read-only paths, seccomp; an exec joins it all.
+fn oci_semantics_applied(env: &Env) {
+    let script = r#"
+        echo "host=$(hostname)"
+        echo "pid=$$"
+        sed -n 's/^\(CapEff\|CapBnd\|NoNewPrivs\|Seccomp\):\s*/\1=/p' /proc/self/status
+        echo "nofile=$(ulimit -n)"
+        echo "version=$( (wc -c < /proc/version) 2>&1)"
+        echo "procsys=$( (echo x > /proc/sys/kernel/domainname) 2>&1)"
+        echo "mkdir=$( (mkdir /dev/shm/d) 2>&1)"
+        echo end
+        sleep 100
+    "#;
+    let mut v = serde_json::to_value(spec(env, process(&["sh", "-c", script]))).unwrap();
+    v["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!("/proc/version"));
+    v["hostname"] = serde_json::json!("agent-test");
+    let caps = serde_json::json!(["CAP_KILL", "CAP_CHOWN"]);
+    v["process"]["capabilities"] = serde_json::json!({
+        "bounding": caps, "effective": caps, "permitted": caps
+    });
+    v["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 321}]);
+    v["process"]["noNewPrivileges"] = serde_json::json!(true);
+    v["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let s: Spec = serde_json::from_value(v).unwrap();
+    let id = unique("oci");
+    let init = ProcessRef::init(id.as_str());
+    let mut out = open_stream(env, &init, StreamKind::Stdout);
+    let mut c = connect(env);
+    c.create_container(&id, s, OUT).unwrap();
+    c.start_container(&id).unwrap();
+    let text = read_until(&mut out, "end\n");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {k} in {text:?}"))
+            .to_owned()
+    };
+    assert_eq!(field("host"), "agent-test");
+    assert_eq!(field("pid"), "1");
+    assert_eq!(field("CapEff"), "0000000000000021");
+    assert_eq!(field("CapBnd"), "0000000000000021");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("nofile"), "321");
+    assert_eq!(field("version"), "0", "a masked file reads empty: {text}");
+    assert!(field("procsys").contains("Read-only"), "{text}");
+    assert!(field("mkdir").contains("Operation not permitted"), "{text}");
+    // An exec is in the same pid namespace, under the same filter.
+    let exec = ProcessRef::exec(id.as_str(), "x");
+    let s = open_streams(env, &exec, OUT_ERR);
+    let p = process(&[
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; mkdir /dev/shm/e",
+    ]);
+    c.exec_process(&id, "x", p, OUT_ERR).unwrap();
+    assert!(read_all(s.stdout.unwrap()).starts_with("sh -c"));
+    assert!(read_all(s.stderr.unwrap()).contains("Operation not permitted"));
+    assert_eq!(wait(env, exec), ExitStatus::Exited(1));
+    let procs = c.list_processes(&id).unwrap();
+    assert_eq!(procs[0].pid, 1, "{procs:?}");
+    assert!(procs.iter().any(|p| p.command == "sleep 100"), "{procs:?}");
+    c.signal(init.clone(), libc::SIGKILL, true).unwrap();
+    assert_eq!(wait(env, init), ExitStatus::Signaled(libc::SIGKILL));
+}
+
 fn orphans_are_reaped(env: &Env) {
     let before = env.agent.orphans_reaped();
-    // The init leaves two children behind; they become the agent's orphans.
-    let (id, _s) = run(
-        env,
-        &["sh", "-c", "sleep 0.2 & sleep 0.3 & exit 0"],
+    // The init leaves two children behind; they become the agent's orphans (with a pid
+    // namespace they would be killed and reaped by the kernel with the init).
+    let id = unique("orphans");
+    let mut c = connect(env);
+    let p = process(&["sh", "-c", "sleep 0.2 & sleep 0.3 & exit 0"]);
+    c.create_container(
+        &id,
+        without_pid_namespace(spec(env, p)),
         StdioConfig::default(),
-    );
+    )
+    .unwrap();
+    c.start_container(&id).unwrap();
     assert_eq!(
         wait(env, ProcessRef::init(id.as_str())),
         ExitStatus::Exited(0)
@@ -684,7 +757,7 @@ fn orphans_are_reaped(env: &Env) {
         thread::sleep(Duration::from_millis(20));
     }
     assert!(env.agent.orphans_reaped() >= before + 2);
-    assert_eq!(count_processes_in(&env.root_of(&id)), 0, "no zombie left");
+    assert_eq!(count_processes(env, &id), 0, "no zombie left");
 }
 
 fn errors_are_clear(env: &Env) {
@@ -745,7 +818,7 @@ fn errors_are_clear(env: &Env) {
     m.set_typ(Some("tmpfs".into()));
     m.set_source(Some("tmpfs".into()));
     m.set_options(Some(vec!["nosuid".into(), "size=1m".into()]));
-    s.set_mounts(Some(vec![m]));
+    s.mounts_mut().get_or_insert_with(Vec::new).push(m);
     let id = unique("tmpfs");
     let init = ProcessRef::init(id.as_str());
     let out = open_stream(env, &init, StreamKind::Stdout);
@@ -791,7 +864,6 @@ fn concurrent_waiters(env: &Env) {
                 let env = Env {
                     agent,
                     rootfs: PathBuf::new(),
-                    containers: PathBuf::new(),
                 };
                 wait(&env, init)
             })
