@@ -5,13 +5,12 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, husk_command, spawn_husk, wait_husk, Run};
+use husk_tests::{
+    busybox_rootfs as rootfs, husk, husk_command, scratch, spawn_husk, wait_husk, Run,
+};
 
 /// Generous: inside the emulated test bed on a loaded machine one run took over a minute
 /// (natively ~100 ms).
@@ -22,43 +21,6 @@ const READY_TIMEOUT: &str = "240";
 const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// Where sandboxes keep their state (runtime/src/sandbox/state_dir.rs).
 const STATE_ROOT: &str = "/run/husk/vm";
-
-/// A scratch directory under the system temp dir, unique to this test process.
-fn scratch(name: &str) -> PathBuf {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "husk-vm-run-{}-{}-{name}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A busybox-static rootfs: /bin/busybox and a link per applet, the usual top-level dirs.
-fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps.sh)"
-        );
-        let root = scratch("rootfs");
-        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "run"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox).arg("--list").output().unwrap();
-        assert!(list.status.success());
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" && !applet.is_empty() {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        root
-    })
-}
 
 /// husk's exit code (failing the test if a signal killed husk itself).
 fn code(run: &Run) -> i32 {
