@@ -279,3 +279,50 @@ pub fn busybox_rootfs() -> &'static Path {
         root
     })
 }
+
+/// Everything read from a terminal master so far, by a thread that reads until EIO
+/// (every slave closed).
+#[derive(Clone)]
+pub struct Screen(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Screen {
+    pub fn follow(master: std::os::fd::OwnedFd) -> Screen {
+        let screen = Screen(Default::default());
+        let seen = screen.0.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(master);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        screen
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most `deadline`) until the screen shows `needle`; `retry` runs every
+    /// few seconds meanwhile (e.g. to type a command again: a resize travels apart from
+    /// the input).
+    pub fn wait_for(&self, needle: &str, deadline: Duration, mut retry: impl FnMut()) {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while !self.text().contains(needle) {
+            assert!(
+                start.elapsed() < deadline,
+                "never saw {needle:?}: {:?}",
+                self.text()
+            );
+            if last.elapsed() > Duration::from_secs(5) {
+                retry();
+                last = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}

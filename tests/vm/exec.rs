@@ -1,24 +1,24 @@
 //! The exec proxy (`husk exec-proxy`, `husk::oci::spawn_exec_proxy_with`) against a
 //! real microVM: one sandbox booted by this test process with a container running
 //! `sleep`, and every exec case run into it (stdio, exit statuses, stdin, a missing
-//! command, a signal, a console socket with a real pty and its resizes). Plus the live
-//! resize of `husk vm run -t` in a pty that is husk's controlling terminal.
+//! command, a signal, a console socket with a real pty and its resizes).
 
 use std::fs::File;
-use std::io::{IoSliceMut, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use husk::oci::console::receive_master;
 use husk::oci::{spawn_exec_proxy_with, BackendError, ExecRequest};
 use husk::sandbox::{command_spec, unique_id, Command, Sandbox, SandboxConfig};
 use husk_protocol::StdioConfig;
-use husk_tests::{busybox_rootfs, husk_bin, husk_command, repo_root, scratch, wait_husk, Run};
-use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+use husk_tests::{
+    busybox_rootfs, husk_bin, husk_command, repo_root, scratch, wait_husk, Run, Screen,
+};
 use oci_spec::runtime::Process;
 
 /// Inside the emulated test bed on a loaded machine a boot took minutes (natively
@@ -120,30 +120,6 @@ fn code(run: &Run) -> i32 {
         .unwrap_or_else(|| panic!("the proxy was killed by a signal: {run:#?}"))
 }
 
-/// What conmon does with a console socket: accept one connection, take the one fd.
-fn receive_master(listener: UnixListener) -> OwnedFd {
-    let (conn, _) = listener.accept().unwrap();
-    let mut buf = [0u8; 4096];
-    let mut iov = [IoSliceMut::new(&mut buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
-    let msg = recvmsg::<()>(
-        conn.as_raw_fd(),
-        &mut iov,
-        Some(&mut cmsg),
-        MsgFlags::empty(),
-    )
-    .unwrap();
-    let mut fds = Vec::new();
-    for c in msg.cmsgs().unwrap() {
-        if let ControlMessageOwned::ScmRights(f) = c {
-            fds.extend(f);
-        }
-    }
-    assert_eq!(fds.len(), 1, "exactly one fd");
-    // SAFETY: the fd just arrived with SCM_RIGHTS and belongs to nobody else.
-    unsafe { OwnedFd::from_raw_fd(fds[0]) }
-}
-
 fn set_size(master: &OwnedFd, rows: u16, cols: u16) {
     let ws = libc::winsize {
         ws_row: rows,
@@ -154,51 +130,6 @@ fn set_size(master: &OwnedFd, rows: u16, cols: u16) {
     // SAFETY: TIOCSWINSZ reads one winsize.
     let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
     assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
-}
-
-/// Everything read from a terminal master so far, by a thread, until EIO.
-#[derive(Clone)]
-struct Screen(Arc<Mutex<Vec<u8>>>);
-
-impl Screen {
-    fn follow(master: OwnedFd) -> Screen {
-        let screen = Screen(Arc::default());
-        let seen = screen.0.clone();
-        std::thread::spawn(move || {
-            let mut f = File::from(master);
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = f.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                seen.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        screen
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-
-    /// Waits until the screen shows `needle`; `retry` runs every few seconds meanwhile
-    /// (e.g. to type the command again: a resize travels apart from the input).
-    fn wait_for(&self, needle: &str, mut retry: impl FnMut()) {
-        let start = Instant::now();
-        let mut last = Instant::now();
-        while !self.text().contains(needle) {
-            assert!(
-                start.elapsed() < DEADLINE,
-                "never saw {needle:?}: {:?}",
-                self.text()
-            );
-            if last.elapsed() > Duration::from_secs(5) {
-                retry();
-                last = Instant::now();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
 }
 
 /// Waits for child `pid` of this process; its exit code.
@@ -296,7 +227,7 @@ fn exec_proxy_relays_stdio_statuses_signals_and_a_console() {
     let sock = dir.join("console.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || tx.send(receive_master(listener)).unwrap());
+    std::thread::spawn(move || tx.send(receive_master(&listener).unwrap()).unwrap());
     let sh = process(&sandbox, &["sh"], true);
     let request = ExecRequest {
         process: &sh,
@@ -311,7 +242,7 @@ fn exec_proxy_relays_stdio_statuses_signals_and_a_console() {
         &request,
     )
     .expect("spawn the exec proxy");
-    let master = rx
+    let (_, master) = rx
         .recv_timeout(Duration::from_secs(30))
         .expect("the master must have been sent when the spawn returned");
     assert_eq!(
@@ -325,12 +256,12 @@ fn exec_proxy_relays_stdio_statuses_signals_and_a_console() {
     let screen = Screen::follow(master.try_clone().unwrap());
     let mut type_line = |line: &str| typing.write_all(line.as_bytes()).unwrap();
     type_line("stty size\n");
-    screen.wait_for("30 100", || type_line("stty size\n"));
+    screen.wait_for("30 100", DEADLINE, || type_line("stty size\n"));
     set_size(&master, 45, 132);
     let mut typing2 = File::from(master.try_clone().unwrap());
     let mut retype = || typing2.write_all(b"stty size\n").unwrap();
     retype();
-    screen.wait_for("45 132", &mut retype);
+    screen.wait_for("45 132", DEADLINE, &mut retype);
     typing2.write_all(b"exit 5\n").unwrap();
     assert_eq!(wait_pid(host.pid), 5, "screen: {:?}", screen.text());
     drop(master);
@@ -357,65 +288,4 @@ fn exec_proxy_relays_stdio_statuses_signals_and_a_console() {
     );
 
     sandbox.shutdown().expect("shut the sandbox down");
-}
-
-/// `husk vm run -t` in a pty that is its controlling terminal: resizing the master
-/// (what a terminal emulator does) changes the guest's size while the command runs.
-#[test]
-fn vm_run_tty_follows_a_live_resize() {
-    let pty = nix::pty::openpty(
-        Some(&nix::pty::Winsize {
-            ws_row: 37,
-            ws_col: 101,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        }),
-        None,
-    )
-    .unwrap();
-    let root = busybox_rootfs().to_str().unwrap().to_string();
-    let (mut command, token) = husk_command(&[
-        "vm",
-        "run",
-        "--timeout",
-        "540",
-        "--rootfs",
-        &root,
-        "-t",
-        "--",
-        "sh",
-        "-c",
-        "stty size; while [ \"$(stty size)\" != '50 150' ]; do sleep 0.2; done; echo resized",
-    ]);
-    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
-    command
-        .stdin(slave(&pty.slave))
-        .stdout(slave(&pty.slave))
-        .stderr(slave(&pty.slave));
-    // SAFETY: only async-signal-safe calls between fork and exec.
-    unsafe {
-        command.pre_exec(|| {
-            // A session of its own with the pty as its terminal: resizes send it SIGWINCH.
-            if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let start = Instant::now();
-    let child = command.spawn().expect("spawn husk");
-    drop(command);
-    drop(pty.slave);
-    let master = pty.master;
-    let screen = Screen::follow(master.try_clone().unwrap());
-    screen.wait_for("37 101", || {});
-    set_size(&master, 50, 150);
-    screen.wait_for("resized", || {});
-    let ran = wait_husk(child, token, start, DEADLINE);
-    assert_eq!(
-        ran.status.code(),
-        Some(0),
-        "{ran:#?} screen {:?}",
-        screen.text()
-    );
 }
