@@ -7,9 +7,10 @@
 //! compile time so both work unchanged.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The checkout's root, fixed at build time (the test bed shows it at the same path).
@@ -239,4 +240,89 @@ pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, Strin
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(&initrd);
     (run, log)
+}
+
+/// A scratch directory under the system temp dir, unique to this test process.
+pub fn scratch(name: &str) -> PathBuf {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "husk-test-{}-{}-{name}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A busybox-static rootfs (built once per test process): /bin/busybox and a link per
+/// applet, the usual top-level dirs.
+pub fn busybox_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let busybox = Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps.sh)"
+        );
+        let root = scratch("rootfs");
+        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "run"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        assert!(list.status.success());
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        root
+    })
+}
+
+/// Everything read from a terminal master so far, by a thread that reads until EIO
+/// (every slave closed).
+#[derive(Clone)]
+pub struct Screen(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Screen {
+    pub fn follow(master: std::os::fd::OwnedFd) -> Screen {
+        let screen = Screen(Default::default());
+        let seen = screen.0.clone();
+        std::thread::spawn(move || {
+            let mut f = std::fs::File::from(master);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = f.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        screen
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Waits (at most `deadline`) until the screen shows `needle`; `retry` runs every
+    /// few seconds meanwhile (e.g. to type a command again: a resize travels apart from
+    /// the input).
+    pub fn wait_for(&self, needle: &str, deadline: Duration, mut retry: impl FnMut()) {
+        let start = Instant::now();
+        let mut last = Instant::now();
+        while !self.text().contains(needle) {
+            assert!(
+                start.elapsed() < deadline,
+                "never saw {needle:?}: {:?}",
+                self.text()
+            );
+            if last.elapsed() > Duration::from_secs(5) {
+                retry();
+                last = Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

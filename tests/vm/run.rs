@@ -3,15 +3,15 @@
 //! nothing behind (process, state directory, socket).
 
 use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, husk_command, spawn_husk, wait_husk, Run};
+use husk_tests::{
+    busybox_rootfs as rootfs, husk, husk_command, scratch, spawn_husk, wait_husk, Run, Screen,
+};
 
 /// Generous: inside the emulated test bed on a loaded machine one run took over a minute
 /// (natively ~100 ms).
@@ -22,43 +22,6 @@ const READY_TIMEOUT: &str = "240";
 const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// Where sandboxes keep their state (runtime/src/sandbox/state_dir.rs).
 const STATE_ROOT: &str = "/run/husk/vm";
-
-/// A scratch directory under the system temp dir, unique to this test process.
-fn scratch(name: &str) -> PathBuf {
-    static SEQ: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "husk-vm-run-{}-{}-{name}",
-        std::process::id(),
-        SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A busybox-static rootfs: /bin/busybox and a link per applet, the usual top-level dirs.
-fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps.sh)"
-        );
-        let root = scratch("rootfs");
-        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "run"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox).arg("--list").output().unwrap();
-        assert!(list.status.success());
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" && !applet.is_empty() {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        root
-    })
-}
 
 /// husk's exit code (failing the test if a signal killed husk itself).
 fn code(run: &Run) -> i32 {
@@ -190,12 +153,18 @@ fn sigterm_during_boot_abandons_it_and_cleans_up() {
     assert_eq!(code(&ran), 143, "{ran:#?}");
 }
 
-#[test]
-fn a_tty_has_the_callers_size() {
+/// `husk vm run -t -- CMD...` with a new pty of `rows` x `cols` as its stdio; with
+/// `ctty` also as its controlling terminal (a session of its own), so that resizes of
+/// the master send it SIGWINCH. Returns the child, its token, its start and the master.
+fn run_in_pty(
+    (rows, cols): (u16, u16),
+    cmd: &[&str],
+    ctty: bool,
+) -> (Child, String, Instant, OwnedFd) {
     let pty = nix::pty::openpty(
         Some(&nix::pty::Winsize {
-            ws_row: 37,
-            ws_col: 101,
+            ws_row: rows,
+            ws_col: cols,
             ws_xpixel: 0,
             ws_ypixel: 0,
         }),
@@ -203,7 +172,7 @@ fn a_tty_has_the_callers_size() {
     )
     .unwrap();
     let root = rootfs().to_str().unwrap().to_string();
-    let (mut command, token) = husk_command(&[
+    let mut args = vec![
         "vm",
         "run",
         "--timeout",
@@ -212,38 +181,65 @@ fn a_tty_has_the_callers_size() {
         &root,
         "-t",
         "--",
-        "stty",
-        "size",
-    ]);
+    ];
+    args.extend_from_slice(cmd);
+    let (mut command, token) = husk_command(&args);
     let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
-    let start = Instant::now();
-    let child = command
+    command
         .stdin(slave(&pty.slave))
         .stdout(slave(&pty.slave))
-        .stderr(slave(&pty.slave))
-        .spawn()
-        .expect("spawn husk");
+        .stderr(slave(&pty.slave));
+    if ctty {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let child = command.spawn().expect("spawn husk");
     // Only husk may hold the slave now: the master reads EIO once husk has exited.
     drop(command);
     drop(pty.slave);
-    let master = pty.master;
-    let reader = std::thread::spawn(move || {
-        // Until EIO: every slave fd (husk's) is closed.
-        let mut f = std::fs::File::from(master);
-        let mut all = Vec::new();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = f.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            all.extend_from_slice(&buf[..n]);
-        }
-        String::from_utf8_lossy(&all).into_owned()
-    });
+    (child, token, start, pty.master)
+}
+
+#[test]
+fn a_tty_has_the_callers_size() {
+    let (child, token, start, master) = run_in_pty((37, 101), &["stty", "size"], false);
+    let screen = Screen::follow(master);
     let ran = finish(child, token, start, RUN_DEADLINE);
-    let screen = reader.join().unwrap();
-    assert_eq!(code(&ran), 0, "{ran:#?} screen {screen:?}");
-    assert!(screen.contains("37 101"), "stty size printed {screen:?}");
+    screen.wait_for("37 101", RUN_DEADLINE, || {});
+    assert_eq!(code(&ran), 0, "{ran:#?} screen {:?}", screen.text());
+}
+
+/// In a pty that is husk's controlling terminal, resizing the master (what a terminal
+/// emulator does) changes the guest's size while the command runs.
+#[test]
+fn a_tty_follows_a_live_resize() {
+    let script =
+        "stty size; while [ \"$(stty size)\" != '50 150' ]; do sleep 0.2; done; echo resized";
+    let (child, token, start, master) = run_in_pty((37, 101), &["sh", "-c", script], true);
+    let screen = Screen::follow(master.try_clone().unwrap());
+    screen.wait_for("37 101", RUN_DEADLINE, || {});
+    let ws = libc::winsize {
+        ws_row: 50,
+        ws_col: 150,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
+        0
+    );
+    screen.wait_for("resized", RUN_DEADLINE, || {});
+    let ran = finish(child, token, start, RUN_DEADLINE);
+    assert_eq!(code(&ran), 0, "{ran:#?} screen {:?}", screen.text());
 }
 
 #[test]

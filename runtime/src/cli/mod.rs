@@ -11,6 +11,7 @@
 pub mod create;
 pub mod delete;
 pub mod exec;
+pub mod exec_proxy;
 pub mod features;
 pub mod kill;
 pub mod list;
@@ -21,7 +22,6 @@ pub mod run;
 pub mod spec;
 pub mod start;
 pub mod state;
-pub mod terminal;
 pub mod vm_boot;
 pub mod vm_run;
 
@@ -99,6 +99,9 @@ pub enum Command {
     Spec(spec::SpecArgs),
     /// show the enabled features
     Features(features::FeaturesArgs),
+    /// The host process of one exec'd process (started by `exec`; not for users).
+    #[command(hide = true, name = "exec-proxy")]
+    ExecProxy(exec_proxy::ExecProxyArgs),
     /// Work with microVMs directly.
     #[command(subcommand)]
     Vm(VmCommand),
@@ -261,7 +264,7 @@ pub fn main(started: Instant) -> ExitCode {
         log: &log,
     };
     // exec's own failures must not look like the exec'd process's status.
-    let failure = if matches!(command, Command::Exec(_)) {
+    let failure = if matches!(command, Command::Exec(_) | Command::ExecProxy(_)) {
         255
     } else {
         1
@@ -274,6 +277,7 @@ pub fn main(started: Instant) -> ExitCode {
         Command::Delete(a) => delete::run(a, &ctx),
         Command::Run(a) => run::run(a, &ctx),
         Command::Exec(a) => exec::run(a, &ctx),
+        Command::ExecProxy(a) => exec_proxy::run(a, &ctx),
         Command::Ps(a) => ps::run(a, &ctx),
         Command::List(a) => list::run(a, &ctx),
         Command::Pause(a) => pause::run(a, &ctx),

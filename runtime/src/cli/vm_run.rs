@@ -9,44 +9,26 @@
 //! SIGWINCH) are blocked before any thread exists and received by one thread with
 //! sigwait: no signal can kill husk past the cleanup of its sandbox.
 
-use std::io::{self, Read, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, FromRawFd};
-use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use husk_protocol::{Client, ProcessRef, ProtocolError, StdioConfig, StreamKind};
-use nix::sys::signal::{SigSet, Signal};
+use husk_protocol::{ProcessRef, ProtocolError};
 
-use super::terminal::{window_size, RawMode};
 use crate::assets::{self, Asset};
+use crate::sandbox::relay::{RelayError, FORWARDED_SIGNALS};
+use crate::sandbox::terminal::window_size;
 use crate::sandbox::{
-    check_dir, command_spec, unique_id, Command, Sandbox, SandboxConfig, SandboxError, Volume,
+    check_dir, command_spec, unique_id, Command, Relay, Sandbox, SandboxConfig, SandboxError,
+    SignalForwarder, StdioMode, Volume,
 };
 use crate::vmm::config::check_args;
 
 /// The container's id inside the sandbox (one container per `vm run`).
 const CONTAINER_ID: &str = "run";
-/// How long stdout/stderr may keep flowing after the command exited (something it left
-/// in the background may hold them open).
-const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// The tty size (rows, cols) when the caller has no terminal to copy it from.
 const DEFAULT_TTY_SIZE: (u16, u16) = (24, 80);
-/// Signals forwarded to the command.
-const FORWARDED: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -91,150 +73,6 @@ pub struct RunArgs {
     pub command: Vec<String>,
 }
 
-/// What the signal thread does with a signal, depending on how far the run got.
-enum Phase {
-    /// No command yet: remember the signal, abandon the boot.
-    Booting { pending: Vec<i32> },
-    /// The command runs: forward (a control connection of its own: `wait` blocks another).
-    Running {
-        control: Client<UnixStream>,
-        tty: bool,
-    },
-    /// The command has exited: nothing to forward to.
-    Done,
-}
-
-struct Forwarder {
-    phase: Mutex<Phase>,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Forwarder {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Phase> {
-        self.phase.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn on_signal(&self, sig: Signal) {
-        let mut phase = self.lock();
-        match &mut *phase {
-            Phase::Booting { pending } if sig != Signal::SIGWINCH => {
-                pending.push(sig as i32);
-                self.cancel.store(true, Ordering::Relaxed);
-            }
-            Phase::Running { control, tty } => {
-                let process = ProcessRef::init(CONTAINER_ID);
-                // Errors: the command exited meanwhile; `wait` reports what matters.
-                if sig == Signal::SIGWINCH {
-                    if let (true, Some((rows, cols))) = (*tty, window_size()) {
-                        let _ = control.resize_tty(process, rows, cols);
-                    }
-                } else {
-                    let _ = control.signal(process, sig as i32, false);
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// Switches to forwarding; sends what arrived before.
-    fn running(&self, mut control: Client<UnixStream>, tty: bool) {
-        let mut phase = self.lock();
-        if let Phase::Booting { pending } = &*phase {
-            for &sig in pending {
-                let _ = control.signal(ProcessRef::init(CONTAINER_ID), sig, false);
-            }
-        }
-        *phase = Phase::Running { control, tty };
-    }
-
-    fn first_pending(&self) -> Option<i32> {
-        match &*self.lock() {
-            Phase::Booting { pending } => pending.first().copied(),
-            _ => None,
-        }
-    }
-}
-
-/// Blocks the signals husk handles itself in this thread (and so in every thread it
-/// creates from now on), and starts the thread that receives them.
-fn start_signal_thread(forwarder: Arc<Forwarder>) -> Result<()> {
-    let mut set = SigSet::empty();
-    for sig in FORWARDED {
-        set.add(sig);
-    }
-    set.add(Signal::SIGWINCH);
-    set.thread_block().context("cannot block signals")?;
-    std::thread::Builder::new()
-        .name("husk-signals".into())
-        .stack_size(128 << 10)
-        // Not joined: it waits for signals until the process exits.
-        .spawn(move || loop {
-            if let Ok(sig) = set.wait() {
-                forwarder.on_signal(sig);
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
-}
-
-/// One of this process's standard fds, unbuffered (std's stdout is line buffered, which
-/// would hold back a prompt that has no newline yet) and never closed.
-struct StdFd(ManuallyDrop<std::fs::File>);
-
-fn std_fd(fd: i32) -> StdFd {
-    // SAFETY: fds 0-2 are open for the life of the process; ManuallyDrop never closes them.
-    StdFd(ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) }))
-}
-
-impl Read for StdFd {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
-impl Write for StdFd {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Copies `from` to `to` until EOF or an error on either side; signals `done` at the end.
-fn relay(
-    name: &str,
-    mut from: impl Read + Send + 'static,
-    mut to: impl Write + Send + 'static,
-    done: Option<mpsc::Sender<()>>,
-    at_eof: impl FnOnce() + Send + 'static,
-) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(128 << 10)
-        .spawn(move || {
-            let mut buf = vec![0u8; 32 << 10];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
-                    break;
-                }
-            }
-            at_eof();
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        })
-        .with_context(|| format!("cannot start the {name} thread"))?;
-    Ok(())
-}
-
 /// Where the time of one run went.
 #[derive(Default)]
 struct Marks {
@@ -268,14 +106,7 @@ pub fn run(args: RunArgs, started: Instant) -> Result<u8> {
         None => assets::find(Asset::Initrd)?,
     };
 
-    let cancel = Arc::new(AtomicBool::new(false));
-    let forwarder = Arc::new(Forwarder {
-        phase: Mutex::new(Phase::Booting {
-            pending: Vec::new(),
-        }),
-        cancel: cancel.clone(),
-    });
-    start_signal_thread(forwarder.clone())?;
+    let forwarder = SignalForwarder::start(&FORWARDED_SIGNALS)?;
 
     let mut config = SandboxConfig::new(unique_id(), kernel, initrd, args.rootfs.clone());
     config.vcpus = args.vcpus;
@@ -283,7 +114,7 @@ pub fn run(args: RunArgs, started: Instant) -> Result<u8> {
     config.volumes = volumes;
     config.console = args.console.clone();
     config.ready_timeout = Duration::from_secs(args.timeout);
-    config.cancel = Some(cancel);
+    config.cancel = Some(forwarder.cancel_flag());
     let sandbox = match Sandbox::start(config) {
         Ok(s) => s,
         Err(SandboxError::Cancelled) => {
@@ -296,7 +127,6 @@ pub fn run(args: RunArgs, started: Instant) -> Result<u8> {
 
     let mut marks = Marks::default();
     let outcome = run_command(&sandbox, &args, &forwarder, &mut marks);
-    *forwarder.lock() = Phase::Done;
     let timings = *sandbox.timings();
     let shutdown_started = Instant::now();
     let shutdown = sandbox.shutdown();
@@ -349,11 +179,9 @@ fn start_failure(e: &ProtocolError) -> Option<u8> {
 fn run_command(
     sandbox: &Sandbox,
     args: &RunArgs,
-    forwarder: &Forwarder,
+    forwarder: &SignalForwarder,
     marks: &mut Marks,
 ) -> Result<u8> {
-    let agent = sandbox.agent();
-    let process = ProcessRef::init(CONTAINER_ID);
     let size = if args.tty {
         Some(window_size().unwrap_or(DEFAULT_TTY_SIZE))
     } else {
@@ -366,157 +194,37 @@ fn run_command(
         tty: size,
     };
     let spec = command_spec(sandbox.rootfs_path(), sandbox.id(), &command);
-    let stdio = StdioConfig {
-        stdin: !args.tty,
-        stdout: !args.tty,
-        stderr: !args.tty,
-        terminal: args.tty,
+    let mode = if args.tty {
+        StdioMode::CallerTerminal
+    } else {
+        StdioMode::Inherit
     };
     // The streams first: the agent must have somewhere to put the first byte.
-    let mut streams = Vec::new();
-    for kind in stdio.kinds() {
-        let s = agent
-            .open_stream(&process, kind)
-            .with_context(|| format!("cannot open the {kind:?} stream"))?;
-        streams.push((kind, s));
-    }
-    let mut control = agent.control()?;
-    let signals = agent.control()?;
-    if let Err(e) = control.create_container(CONTAINER_ID, spec, stdio) {
+    let relay = Relay::open(sandbox.agent(), ProcessRef::init(CONTAINER_ID), mode)?;
+    let mut control = sandbox.agent().control()?;
+    if let Err(e) = control.create_container(CONTAINER_ID, spec, relay.stdio()) {
         if let Some(code) = start_failure(&e) {
             return Ok(code);
         }
         return Err(e).context("cannot create the container");
     }
     marks.created = Some(Instant::now());
-
-    let raw = if args.tty {
-        RawMode::enter(io::stdin().as_fd()).context("cannot put the terminal in raw mode")?
-    } else {
-        None
-    };
-    let (done_tx, done_rx) = mpsc::channel();
-    let mut outputs = 0;
-    for (kind, stream) in streams {
-        let clone = || stream.try_clone().context("cannot clone a stream");
-        match kind {
-            StreamKind::Stdin | StreamKind::Tty => {
-                // Host input to the command; the host's EOF is the command's.
-                let eof = clone()?;
-                if kind == StreamKind::Tty {
-                    relay(
-                        "husk-tty-out",
-                        clone()?,
-                        std_fd(1),
-                        Some(done_tx.clone()),
-                        || {},
-                    )?;
-                    outputs += 1;
-                }
-                relay("husk-stdin", std_fd(0), stream, None, move || {
-                    let _ = eof.shutdown(std::net::Shutdown::Write);
-                })?;
-            }
-            StreamKind::Stdout | StreamKind::Stderr => {
-                let fd = if kind == StreamKind::Stdout { 1 } else { 2 };
-                relay(
-                    "husk-output",
-                    stream,
-                    std_fd(fd),
-                    Some(done_tx.clone()),
-                    || {},
-                )?;
-                outputs += 1;
-            }
-        }
-    }
-    drop(done_tx);
-
     if let Err(e) = control.start_container(CONTAINER_ID) {
-        drop(raw);
         if let Some(code) = start_failure(&e) {
             return Ok(code);
         }
         return Err(e).context("cannot start the container");
     }
     marks.started = Some(Instant::now());
-    forwarder.running(signals, args.tty);
-
-    control
-        .get_ref()
-        .set_read_timeout(None)
-        .context("cannot clear the wait timeout")?;
-    let status = control.wait(process);
+    let status = relay.run(Some(forwarder));
     marks.exited = Some(Instant::now());
-    // Everything the command wrote before it exited is on its way: let it arrive.
-    let deadline = Instant::now() + OUTPUT_DRAIN;
-    for _ in 0..outputs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if done_rx.recv_timeout(left).is_err() {
-            break;
-        }
-    }
-    drop(raw);
     let status = match status {
         Ok(s) => s,
-        Err(e) => {
-            let ended = if sandbox.vm_ended() {
-                format!(" (the VM ended){}", sandbox.console().describe())
-            } else {
-                String::new()
-            };
-            return Err(e).with_context(|| format!("lost the command{ended}"));
+        Err(e @ RelayError::Wait { .. }) if sandbox.vm_ended() => {
+            let console = sandbox.console().describe();
+            return Err(e).with_context(|| format!("the VM ended{console}"));
         }
+        Err(e) => return Err(e.into()),
     };
     Ok(exit_byte(status.code()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use husk_protocol::{serve, Request, Response};
-
-    /// The signal thread's decisions, against the protocol's real agent-side loop.
-    #[test]
-    fn signals_wait_for_the_command_then_go_to_it() {
-        let (host, mut agent) = UnixStream::pair().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
-        let server = std::thread::spawn(move || {
-            serve(&mut agent, "test", |request| {
-                log.lock().unwrap().push(request);
-                Ok(Response::Ok)
-            })
-        });
-        let cancel = Arc::new(AtomicBool::new(false));
-        let forwarder = Forwarder {
-            phase: Mutex::new(Phase::Booting {
-                pending: Vec::new(),
-            }),
-            cancel: cancel.clone(),
-        };
-        // Booting: a resize means nothing yet; SIGTERM abandons the boot and is kept.
-        forwarder.on_signal(Signal::SIGWINCH);
-        assert!(!cancel.load(Ordering::Relaxed));
-        forwarder.on_signal(Signal::SIGTERM);
-        assert!(cancel.load(Ordering::Relaxed));
-        assert_eq!(forwarder.first_pending(), Some(libc::SIGTERM));
-        // Running: what was kept goes first, then every new signal; no tty, no resize.
-        forwarder.running(Client::connect(host).unwrap(), false);
-        forwarder.on_signal(Signal::SIGINT);
-        forwarder.on_signal(Signal::SIGWINCH);
-        // Done: the connection goes, nothing more is sent.
-        *forwarder.lock() = Phase::Done;
-        forwarder.on_signal(Signal::SIGHUP);
-        server.join().unwrap().unwrap();
-        let signal = |signal| Request::Signal {
-            process: ProcessRef::init(CONTAINER_ID),
-            signal,
-            all: false,
-        };
-        assert_eq!(
-            *seen.lock().unwrap(),
-            [signal(libc::SIGTERM), signal(libc::SIGINT)]
-        );
-    }
 }

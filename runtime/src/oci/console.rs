@@ -6,12 +6,12 @@
 //! ignores the payload; containerd's go-runc uses it as the file name. It must arrive
 //! before `create`/`exec` exits.
 
-use std::io::{self, IoSlice};
-use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::net::UnixStream;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 
 /// What runc sends as the payload: the name of the master it opened.
 pub const MASTER_NAME: &str = "/dev/ptmx";
@@ -30,6 +30,8 @@ pub enum ConsoleError {
         #[source]
         source: nix::Error,
     },
+    #[error("receive the terminal on a console socket: {0}")]
+    Receive(#[source] io::Error),
     #[error("open a pseudo-terminal: {0}")]
     Open(#[source] nix::Error),
 }
@@ -80,40 +82,49 @@ pub fn send_master(socket: &Path, master: BorrowedFd<'_>) -> Result<(), ConsoleE
     Ok(())
 }
 
+/// The client's side (what conmon and `recvtty` do): accepts one connection on
+/// `listener`, reads one message carrying exactly one fd; returns the payload (the
+/// master's name) and the master.
+pub fn receive_master(listener: &UnixListener) -> Result<(String, OwnedFd), ConsoleError> {
+    let (conn, _) = listener.accept().map_err(ConsoleError::Receive)?;
+    let mut buf = [0u8; 4096];
+    let mut iov = [IoSliceMut::new(&mut buf)];
+    let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| ConsoleError::Receive(e.into()))?;
+    let mut fds = Vec::new();
+    for c in msg.cmsgs().map_err(|e| ConsoleError::Receive(e.into()))? {
+        if let ControlMessageOwned::ScmRights(f) = c {
+            fds.extend(f);
+        }
+    }
+    let n = msg.bytes;
+    // SAFETY: each fd just arrived with SCM_RIGHTS and belongs to nobody else.
+    let mut owned: Vec<OwnedFd> = fds
+        .into_iter()
+        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if owned.len() != 1 {
+        return Err(ConsoleError::Receive(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("expected one fd, got {}", owned.len()),
+        )));
+    }
+    let name = String::from_utf8_lossy(&buf[..n]).into_owned();
+    Ok((name, owned.remove(0)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::socket::{recvmsg, ControlMessageOwned};
     use std::fs::File;
-    use std::io::{IoSliceMut, Read, Write};
-    use std::os::fd::{AsFd, FromRawFd};
-    use std::os::unix::net::UnixListener;
-
-    /// What conmon does: accept one connection, read one message with one fd.
-    fn receive_one(listener: UnixListener) -> (String, OwnedFd) {
-        let (conn, _) = listener.accept().unwrap();
-        let mut buf = [0u8; 4096];
-        let mut iov = [IoSliceMut::new(&mut buf)];
-        let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-        let msg = recvmsg::<()>(
-            conn.as_raw_fd(),
-            &mut iov,
-            Some(&mut cmsg),
-            MsgFlags::empty(),
-        )
-        .unwrap();
-        let mut fds = Vec::new();
-        for c in msg.cmsgs().unwrap() {
-            if let ControlMessageOwned::ScmRights(f) = c {
-                fds.extend(f);
-            }
-        }
-        let n = msg.bytes;
-        assert_eq!(fds.len(), 1, "exactly one fd");
-        let name = String::from_utf8(buf[..n].to_vec()).unwrap();
-        // SAFETY: the fd just arrived with SCM_RIGHTS and belongs to nobody else.
-        (name, unsafe { OwnedFd::from_raw_fd(fds[0]) })
-    }
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
 
     #[test]
     fn the_client_gets_a_working_master() {
@@ -122,7 +133,7 @@ mod tests {
         let sock = dir.join("console.sock");
         let _ = std::fs::remove_file(&sock);
         let listener = UnixListener::bind(&sock).unwrap();
-        let client = std::thread::spawn(move || receive_one(listener));
+        let client = std::thread::spawn(move || receive_master(&listener).unwrap());
 
         let pty = open_pty().unwrap();
         send_master(&sock, pty.master.as_fd()).unwrap();

@@ -16,6 +16,7 @@
 pub mod backend;
 pub mod bundle;
 pub mod console;
+pub mod exec_proxy;
 pub mod features;
 pub mod hooks;
 pub mod id;
@@ -31,6 +32,7 @@ pub mod time;
 
 pub use backend::{Backend, BackendError, CreateRequest, ExecRequest, GuestProcess, Unwired};
 pub use bundle::Bundle;
+pub use exec_proxy::{spawn_exec_proxy, spawn_exec_proxy_with};
 pub use runtime::{CreateOptions, ExecOptions, Runtime, RuntimeError};
 pub use signal::Signal;
 pub use state::{ContainerRecord, OciState, Status};

@@ -23,8 +23,10 @@ pub mod agent_client;
 pub mod console;
 pub mod devices;
 pub mod events;
+pub mod relay;
 pub mod spec;
 pub mod state_dir;
+pub mod terminal;
 pub mod volume;
 
 use std::fs::File;
@@ -41,6 +43,7 @@ pub use agent_client::{AgentClient, AgentClientError};
 pub use console::ConsoleTail;
 pub use devices::DeviceError;
 pub use events::EventError;
+pub use relay::{Relay, RelayError, SignalForwarder, StdioMode};
 pub use spec::{command_spec, Command};
 pub use state_dir::{StateDir, StateDirError, DEFAULT_STATE_ROOT};
 pub use volume::{check_dir, Volume, VolumeError};
@@ -54,8 +57,9 @@ pub const ROOTFS_GUEST_PATH: &str = "/run/husk/rootfs";
 /// which is `husk vm boot`'s mode): said explicitly, so a guest whose vsock device did not
 /// come up fails loudly instead of powering off as if all were well.
 pub const AGENT_SERVE_PARAM: &str = "husk.mode=serve";
-/// Name of the vsock device's unix socket in the state directory.
-const VSOCK_SOCKET: &str = "vsock.sock";
+/// Name of the vsock device's unix socket in the state directory (what an exec proxy
+/// connects to: `<state dir>/vsock.sock`).
+pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// How long the agent gets to power the VM off after acknowledging `Shutdown`.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

@@ -1,5 +1,5 @@
-//! The caller's terminal, for commands that give a container a tty: raw mode that is
-//! always undone, and the window size.
+//! Terminals on the host side of a process's tty: raw mode (the caller's terminal, which
+//! always comes back; a console pty's slave, which stays raw) and window sizes.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
@@ -39,6 +39,16 @@ impl Drop for RawMode {
     }
 }
 
+/// Makes the terminal `fd` fully transparent (no echo, no line editing, no signals, no
+/// output processing): the host side of a console pty, where the guest's own pty does
+/// all of that once.
+pub fn make_raw(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let mut t = termios::tcgetattr(fd)?;
+    termios::cfmakeraw(&mut t);
+    termios::tcsetattr(fd, SetArg::TCSANOW, &t)?;
+    Ok(())
+}
+
 /// The window size (rows, cols) of the first of stdin, stdout, stderr that is a terminal.
 pub fn window_size() -> Option<(u16, u16)> {
     [
@@ -50,7 +60,9 @@ pub fn window_size() -> Option<(u16, u16)> {
     .find_map(size_of)
 }
 
-fn size_of(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
+/// The window size (rows, cols) of the terminal `fd`; `None` if it is not a terminal or
+/// has no size yet (0x0, a fresh pty).
+pub fn size_of(fd: BorrowedFd<'_>) -> Option<(u16, u16)> {
     let mut ws = libc::winsize {
         ws_row: 0,
         ws_col: 0,
