@@ -15,6 +15,7 @@ done
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.
+  load=$(cut -d' ' -f1-3 /proc/loadavg)
   results=$(mktemp -d /tmp/husk-bench.XXXXXX)
   trap 'rm -rf "$results"' EXIT
   measure_where bench/boot.sh "$results" "$runs"
@@ -24,6 +25,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   h_rss=$(col husk 3); q_rss=$(col qemu 3)
   h_exits=$(col husk 5); q_exits=$(col qemu 5)
   h_own_exits=$(awk '{print $6}' "$results/husk" | median)
+  h_guest=$(col husk 8); q_guest=$(col qemu 8)
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
   table=$(mktemp)
   {
@@ -31,7 +33,8 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo
     echo "$(date -u +%Y-%m-%d), $runs runs each, interleaved, 1 vCPU / 128 MiB, ran $where."
     echo "Same vmlinux and initramfs for both; husk's own breakdown medians:"
-    echo "$(awk '{print $7}' "$results/husk" | median) ms VMM setup, $(awk '{print $8}' "$results/husk" | median) ms guest to agent ready."
+    echo "$(awk '{print $7}' "$results/husk" | median) ms VMM setup (launch to the first KVM_RUN), $(awk '{print $8}' "$results/husk" | median) ms guest to agent ready."
+    echo "This machine's load average at the start: $load (other builds and test beds share its 2 cores)."
     echo
     echo "| | husk | qemu microvm | husk / qemu |"
     echo "|---|---|---|---|"
@@ -40,6 +43,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "| VM exits, whole run (perf, kvm:kvm_exit) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
     echo "| VM exits to agent ready (husk's own count) | $h_own_exits | | |"
     echo "| peak RSS KiB (time -v) | $h_rss | $q_rss | $(ratio "$h_rss" "$q_rss") |"
+    echo "| guest clock at agent ready, ms (its CLOCK_BOOTTIME) | $h_guest | $q_guest | $(ratio "$h_guest" "$q_guest") |"
   } >"$table"
   cat "$table"
   replace_section docs/benchmarks.md boot "$table"
@@ -60,10 +64,14 @@ for i in $(seq "$runs"); do
   own=$(grep vm_exits= "$bd" | tr ' ' '\n' | awk -F= '$1=="vm_exits"{e=$2} $1=="vmm_setup_ms"{s=$2} $1=="guest_ready_ms"{g=$2} END {print e+0, s+0, g+0}')
   rm -f "$bd"
   echo "$r $own" >>"$RESULTS/husk"
-  r=$(time_to_marker HUSK-AGENT-READY qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off \
+  qd=$(mktemp)
+  r=$(TTM_LOG=$qd time_to_marker HUSK-AGENT-READY qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off \
       -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio \
       -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio" \
       -append "${QEMU_CMDLINE:-$qemu_cmdline}")
-  echo "$r" >>"$RESULTS/qemu"
+  # The guest's own clock at the ready line (CLOCK_BOOTTIME, as husk's guest_ready_ms).
+  q_guest=$(grep -o 'boottime_us=[0-9]*' "$qd" | head -n1 | awk -F= '{printf "%.1f", $2 / 1000}')
+  rm -f "$qd"
+  echo "$r 0 0 ${q_guest:-0}" >>"$RESULTS/qemu"
   echo "run $i: husk $(tail -n1 "$RESULTS/husk") | qemu $(tail -n1 "$RESULTS/qemu")" >&2
 done

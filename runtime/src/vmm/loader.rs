@@ -116,12 +116,14 @@ pub fn initrd_address(mem_size: u64, kernel_end: u64, size: u64) -> Option<u64> 
     (addr >= kernel_end).then_some(addr)
 }
 
-/// Loads the initrd at the top of low memory.
+/// Loads the initrd at the top of low memory. Its place does not depend on the kernel, so
+/// this runs while the kernel loads; [`check_initrd_clear_of_kernel`] then makes sure the
+/// two do not overlap (if they do, the VM is not built, so what the two loads left in that
+/// memory does not matter).
 pub fn load_initrd(
     mem: &GuestMemoryMmap,
     path: &Path,
     mem_size: u64,
-    kernel_end: u64,
 ) -> Result<InitrdPlacement, LoaderError> {
     let mut f = open(path, LoaderError::InitrdMissing, LoaderError::InitrdRead)?;
     let size = f
@@ -132,11 +134,30 @@ pub fn load_initrd(
         path: path.to_path_buf(),
         size,
     };
-    let addr = initrd_address(mem_size, kernel_end, size).ok_or_else(too_big)?;
+    let addr = initrd_address(mem_size, 0, size).ok_or_else(too_big)?;
     let len = usize::try_from(size).map_err(|_| too_big())?;
+    // One read straight into guest memory (no bounce buffer).
     mem.read_exact_volatile_from(GuestAddress(addr), &mut f, len)
         .map_err(|e| LoaderError::InitrdRead(path.to_path_buf(), std::io::Error::other(e)))?;
     Ok(InitrdPlacement { addr, size })
+}
+
+/// Checks that the initrd [`load_initrd`] placed lies above the kernel, which ends at
+/// `kernel_end`.
+pub fn check_initrd_clear_of_kernel(
+    initrd: &InitrdPlacement,
+    path: &Path,
+    mem_size: u64,
+    kernel_end: u64,
+) -> Result<(), LoaderError> {
+    if initrd_address(mem_size, kernel_end, initrd.size) == Some(initrd.addr) {
+        Ok(())
+    } else {
+        Err(LoaderError::InitrdTooBig {
+            path: path.to_path_buf(),
+            size: initrd.size,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -162,6 +183,20 @@ mod tests {
         // Would overlap the kernel, or is larger than memory.
         assert_eq!(initrd_address(32 * mib, 30 * mib, 3 * mib), None);
         assert_eq!(initrd_address(32 * mib, 0, u64::MAX), None);
+    }
+
+    #[test]
+    fn an_initrd_over_the_kernel_is_refused() {
+        let mib = 1u64 << 20;
+        let path = Path::new("/x/initrd");
+        let fits = InitrdPlacement {
+            addr: 32 * mib - 3 * mib,
+            size: 3 * mib,
+        };
+        check_initrd_clear_of_kernel(&fits, path, 32 * mib, 20 * mib).unwrap();
+        let e = check_initrd_clear_of_kernel(&fits, path, 32 * mib, 30 * mib).unwrap_err();
+        assert!(matches!(e, LoaderError::InitrdTooBig { size, .. } if size == 3 * mib));
+        assert!(e.to_string().contains("/x/initrd"), "{e}");
     }
 
     #[test]

@@ -64,8 +64,10 @@ pub struct Vm {
     initrd: Option<InitrdPlacement>,
 }
 
-/// With HUSK_TRACE_SETUP set, prints how long each setup phase took to stderr (a
-/// developer aid for finding where VM creation spends its time).
+/// With HUSK_TRACE_SETUP set, prints when each setup step ended (ms since `Vm::new`
+/// began, and on which thread) to stderr: a developer aid for finding where VM creation
+/// spends its time. Copy, so the loader thread and the KVM side share one origin.
+#[derive(Clone, Copy)]
 struct SetupTrace(Option<std::time::Instant>);
 
 impl SetupTrace {
@@ -73,14 +75,14 @@ impl SetupTrace {
         Self(std::env::var_os("HUSK_TRACE_SETUP").map(|_| std::time::Instant::now()))
     }
 
-    fn mark(&mut self, phase: &str) {
-        if let Some(t) = &mut self.0 {
-            let now = std::time::Instant::now();
+    fn mark(&self, phase: &str) {
+        if let Some(origin) = self.0 {
+            let thread = std::thread::current();
             eprintln!(
-                "husk-trace: {phase} {:.1} ms",
-                (now - *t).as_secs_f64() * 1000.0
+                "husk-trace: {:>7.1} ms {phase} [{}]",
+                origin.elapsed().as_secs_f64() * 1000.0,
+                thread.name().unwrap_or("?")
             );
-            *t = now;
         }
     }
 }
@@ -98,8 +100,9 @@ struct KvmVm {
 }
 
 impl KvmVm {
-    fn create(vcpus: u32, memory: &GuestRam) -> Result<Self, Error> {
+    fn create(vcpus: u32, memory: &GuestRam, trace: SetupTrace) -> Result<Self, Error> {
         let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+        trace.mark("open /dev/kvm");
         let max_vcpus = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
         check_vcpus(vcpus, max_vcpus)?;
         // Bounded by check_vcpus (<= 254).
@@ -119,8 +122,10 @@ impl KvmVm {
         let supported_cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+        trace.mark("caps, supported cpuid");
 
         let vm_fd = Arc::new(kvm.create_vm().map_err(kvm_err("KVM_CREATE_VM"))?);
+        trace.mark("KVM_CREATE_VM");
         vm_fd
             .set_tss_address(KVM_TSS_ADDR as usize)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
@@ -133,15 +138,19 @@ impl KvmVm {
                 ..Default::default()
             })
             .map_err(kvm_err("KVM_CREATE_PIT2"))?;
+        trace.mark("tss, irqchip, pit");
         register_with_kvm(&vm_fd, memory)?;
+        trace.mark("memory slots");
 
         let mut fds = Vec::with_capacity(vcpus.into());
         for index in 0..vcpus {
             let fd = vm_fd
                 .create_vcpu(index.into())
                 .map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            trace.mark("KVM_CREATE_VCPU");
             configure_vcpu(&fd, index, vcpus, &supported_cpuid, tsc_deadline)
                 .map_err(|source| Error::Arch { cpu: index, source })?;
+            trace.mark("configure vcpu");
             fds.push(fd);
         }
         Ok(Self {
@@ -150,6 +159,16 @@ impl KvmVm {
             vcpus: fds,
         })
     }
+}
+
+/// The boot GDT/IDT and the MP table, in guest memory.
+fn write_boot_tables(memory: &GuestMemoryMmap, vcpus: u8) -> Result<(), Error> {
+    regs::write_boot_tables(memory).map_err(|e| Error::Arch {
+        cpu: 0,
+        source: e.into(),
+    })?;
+    mptable::write(memory, vcpus)?;
+    Ok(())
 }
 
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
@@ -167,7 +186,7 @@ impl Vm {
 
     /// [`Vm::new`] with the host's /proc and /sys read under `root`.
     pub fn new_on_host(config: VmConfig, root: &Path) -> Result<Self, Error> {
-        let mut trace = SetupTrace::from_env();
+        let trace = SetupTrace::from_env();
         // The caller's mistakes first: they do not depend on the host.
         check_vcpus(config.vcpus, MAX_VCPUS)?;
         check_memory(config.memory_mib, mem_total_mib(root))?;
@@ -185,48 +204,61 @@ impl Vm {
         let memory = create_guest_memory(mem_size, config.huge_pages)?;
         trace.mark("mmap");
 
-        // Reading the kernel and initrd into guest memory and creating the KVM VM are
-        // independent and each takes a good part of setup: do them at once. File errors
-        // win over host errors, so a file that is not a kernel is named as such anywhere.
-        let (loaded, kvm) = std::thread::scope(|scope| {
-            let load = || -> Result<_, Error> {
-                let kernel = loader::load_kernel(&memory, &config.kernel)?;
-                let initrd = match &config.initrd {
-                    Some(path) => Some(loader::load_initrd(&memory, path, mem_size, kernel.end)?),
-                    None => None,
-                };
-                Ok((kernel, initrd))
+        // Bounded by check_vcpus (<= 254).
+        let vcpus = config.vcpus as u8;
+        let stats = VmStats::new(vcpus.into());
+
+        // Reading the kernel into guest memory is the longest step of setup: a thread does
+        // only that, from the start. Meanwhile this thread creates the KVM VM and vCPUs,
+        // writes the boot tables, then reads the initrd (its place does not depend on the
+        // kernel). File errors win over host errors, so a file that is not a kernel is
+        // named as such anywhere.
+        let (kernel, initrd, kvm) = std::thread::scope(|scope| {
+            let load_kernel = || {
+                let kernel = loader::load_kernel(&memory, &config.kernel).map_err(Error::from);
+                trace.mark("kernel loaded");
+                kernel
             };
             let loader_thread = std::thread::Builder::new()
                 .name("husk-loader".into())
                 .stack_size(LOADER_STACK_SIZE)
-                .spawn_scoped(scope, load);
+                .spawn_scoped(scope, load_kernel);
             let kvm = if detect_kvm(root) == HostKvm::Pvm {
                 Err(Error::PvmHost)
             } else {
-                KvmVm::create(config.vcpus, &memory)
+                KvmVm::create(config.vcpus, &memory, trace).and_then(|kvm| {
+                    write_boot_tables(&memory, vcpus)?;
+                    for (index, fd) in kvm.vcpus.iter().enumerate() {
+                        stats.attach_kernel_counter(index, fd);
+                    }
+                    trace.mark("boot tables, exit counters");
+                    Ok(kvm)
+                })
             };
-            let loaded = match loader_thread {
+            let initrd = config
+                .initrd
+                .as_deref()
+                .map(|path| loader::load_initrd(&memory, path, mem_size))
+                .transpose();
+            trace.mark("initrd loaded");
+            let kernel = match loader_thread {
                 Ok(t) => t.join().unwrap_or(Err(Error::LoaderPanicked)),
                 // No thread: load here instead.
-                Err(_) => load(),
+                Err(_) => load_kernel(),
             };
-            (loaded, kvm)
+            (kernel, initrd, kvm)
         });
-        let (kernel, initrd) = loaded?;
+        let kernel = kernel?;
+        let initrd = initrd?;
+        if let (Some(placement), Some(path)) = (&initrd, &config.initrd) {
+            loader::check_initrd_clear_of_kernel(placement, path, mem_size, kernel.end)?;
+        }
         let KvmVm {
             kvm,
             vm_fd,
             vcpus: vcpu_fds,
         } = kvm?;
-        trace.mark("kernel+initrd load || kvm vm+vcpus");
-        // Bounded by check_vcpus (<= 254).
-        let vcpus = config.vcpus as u8;
-        regs::write_boot_tables(&memory).map_err(|e| Error::Arch {
-            cpu: 0,
-            source: e.into(),
-        })?;
-        mptable::write(&memory, vcpus)?;
+        trace.mark("kernel load || kvm vm+vcpus, initrd load");
         if let Some(bsp) = vcpu_fds.first() {
             regs::setup_boot_vcpu(bsp, kernel.entry).map_err(|e| Error::Arch {
                 cpu: 0,
@@ -234,10 +266,6 @@ impl Vm {
             })?;
         }
         let shared = Shared::new(vcpus.into());
-        let stats = VmStats::new(vcpus.into());
-        for (index, fd) in vcpu_fds.iter().enumerate() {
-            stats.attach_kernel_counter(index, fd);
-        }
 
         trace.mark("vcpus");
         let mut pio = Bus::new();

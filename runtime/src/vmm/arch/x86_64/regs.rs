@@ -119,7 +119,8 @@ pub fn pvh_sregs(mut sregs: kvm_sregs) -> kvm_sregs {
     sregs
 }
 
-/// Puts the boot vCPU at the kernel's PVH entry point.
+/// Puts the boot vCPU at the kernel's PVH entry point (its FPU is already set up, as every
+/// vCPU's, by [`setup_fpu`]).
 pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
     let sregs = vcpu.get_sregs().map_err(RegsError::GetSregs)?;
     vcpu.set_sregs(&pvh_sregs(sregs))
@@ -130,8 +131,7 @@ pub fn setup_boot_vcpu(vcpu: &VcpuFd, entry: u64) -> Result<(), RegsError> {
         rbx: PVH_START_INFO_ADDR,
         ..Default::default()
     };
-    vcpu.set_regs(&regs).map_err(RegsError::SetRegs)?;
-    setup_fpu(vcpu)
+    vcpu.set_regs(&regs).map_err(RegsError::SetRegs)
 }
 
 /// x87/SSE state as after reset (every vCPU; APs get the rest from INIT/SIPI).
