@@ -10,7 +10,9 @@
 bats_require_minimum_version 1.5.0
 
 RUNTIME=${HUSK_PODMAN_RUNTIME:-husk}
+# shellcheck disable=SC2034 # used by the .bats files
 IMAGE=localhost/busybox
+# shellcheck disable=SC2034
 ENTRY_IMAGE=localhost/husk-entry
 TIMEOUT=${HUSK_PODMAN_TIMEOUT:-300}
 REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
@@ -45,6 +47,7 @@ ctr_name() { echo "hb-${BATS_TEST_NUMBER}-${1:-c}-$$"; }
 remove_suite_containers() {
   local ids
   ids=$(podman ps -aq --filter "label=$LABEL" 2>/dev/null || true)
+  # shellcheck disable=SC2086 # one id per word
   [ -z "$ids" ] || timeout -k 10 "$TIMEOUT" podman rm -f -t 0 $ids >/dev/null 2>&1 || true
 }
 
@@ -55,13 +58,14 @@ fail() {
   return 1
 }
 
-# wait_until SECONDS CMD...: polls CMD (every 0.2 s) until it succeeds.
+# wait_until SECONDS CMD...: polls CMD (every 0.5 s: a podman call is costly under
+# emulation) until it succeeds.
 wait_until() {
   local deadline=$(($(date +%s) + $1))
   shift
   until "$@"; do
     [ "$(date +%s)" -lt "$deadline" ] || { echo "timed out waiting for: $*" >&2; return 1; }
-    sleep 0.2
+    sleep 0.5
   done
 }
 
@@ -77,12 +81,14 @@ logs_contain() { pm logs "$1" 2>/dev/null | grep -qx -- "$2"; }
 status_is() { [ "$(pm inspect -f '{{.State.Status}}' "$1" 2>/dev/null)" = "$2" ]; }
 inspect() { pm inspect -f "$2" "$1"; }
 
-# assert_output_line LINE: some line of $output is exactly LINE.
+# assert_line LINE: some line of $output is exactly LINE (bats's run sets lines, status).
+# shellcheck disable=SC2154
 assert_line() {
   local l
   for l in "${lines[@]}"; do [ "$l" = "$1" ] && return 0; done
   fail "no line '$1'"
 }
+# shellcheck disable=SC2154
 assert_status() { [ "$status" -eq "$1" ] || fail "exit status $status, expected $1"; }
 
 # --- a real pty: tmux, on a server of this test's own ---

@@ -46,12 +46,13 @@ EOF
   esac
 }
 
-# podman_where: prints "native" where this host's KVM boots a stock guest (husk's VMs run
-# here), "testbed" otherwise; the reason goes to $where_reason.
+# podman_where: sets $where to "native" where this host's KVM boots a stock guest (husk's
+# VMs run here), "testbed" otherwise, and $where_reason to why.
+# shellcheck disable=SC2034 # read by the callers
 podman_where() {
   if where_reason=$("$HUSK_REPO/tests/testbed/native-kvm"); then
-    echo native
+    where=native
   else
-    echo testbed
+    where=testbed
   fi
 }

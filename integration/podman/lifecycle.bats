@@ -133,23 +133,24 @@ start_idle() {
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || fail "a podman run -d failed"; done
-  for n in "${names[@]}"; do
-    wait_until "$TIMEOUT" logs_contain "$n" ready
-    status_is "$n" running || fail "$n is not running"
-  done
+  # One podman call per question (each costs seconds under emulation).
+  all_running() {
+    [ "$(pm ps --filter "label=$LABEL" --filter status=running --format '{{.Names}}' | grep -c -- '-many')" -eq 10 ]
+  }
+  wait_until "$TIMEOUT" all_running || fail "not all 10 are running: $(pm ps -a --format '{{.Names}} {{.Status}}')"
   # What each one holds on the host: its id, runtime pid, conmon, overlay mount.
   ids=() hostpids=() mounts=()
-  for n in "${names[@]}"; do
-    ids+=("$(inspect "$n" '{{.Id}}')")
-    hostpids+=("$(inspect "$n" '{{.State.Pid}}')" "$(inspect "$n" '{{.State.ConmonPid}}')")
-    mounts+=("$(inspect "$n" '{{.GraphDriver.Data.MergedDir}}')")
-  done
+  while read -r id pid conmon merged; do
+    ids+=("$id")
+    hostpids+=("$pid" "$conmon")
+    mounts+=("$merged")
+  done < <(pm inspect -f '{{.Id}} {{.State.Pid}} {{.State.ConmonPid}} {{.GraphDriver.Data.MergedDir}}' "${names[@]}")
+  [ "${#ids[@]}" -eq 10 ] || fail "inspect gave ${#ids[@]} containers"
   run pm rm -f "${names[@]}"
   assert_status 0
 
-  for n in "${names[@]}"; do
-    ! pm container exists "$n" || fail "$n still exists"
-  done
+  left=$(pm ps -a --filter "label=$LABEL" --format '{{.Names}}' | grep -- '-many' || true)
+  [ -z "$left" ] || fail "still listed: $left"
   for p in "${hostpids[@]}"; do
     ! process_runs "$p" || fail "process $p ($(tr '\0' ' ' </proc/"$p"/cmdline)) is still there"
   done
