@@ -46,6 +46,14 @@ replace_section() {
     !skip { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
 }
 
+# publish_table NAME TABLE_FILE: prints the table and puts it into docs/benchmarks.md as
+# section NAME; removes TABLE_FILE.
+publish_table() {
+  cat "$2"
+  replace_section docs/benchmarks.md "$1" "$2"
+  rm -f "$2"
+}
+
 # measure_where SCRIPT RUNS RESULTS: runs SCRIPT's measurements (with HUSK_BENCH_INNER=1
 # and RESULTS set) natively where this host's KVM boots a stock guest, inside the test bed
 # otherwise; sets $where to a phrase saying which, for the report.

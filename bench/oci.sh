@@ -44,9 +44,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "| $(ratio_of "$h" "$b") | $(ratio_of "$h" "$c") | $(ratio_of "$h" "$r") | $(ratio_of "$r" "$c") |"
     failure_notes "${names[@]}"
   } >"$table"
-  cat "$table"
-  replace_section docs/benchmarks.md oci "$table"
-  rm -f "$table"
+  publish_table oci "$table"
   exit 0
 fi
 

@@ -63,9 +63,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     row "what podman adds to a run (podman run - RUNTIME run)" adds
     failure_notes "${names[@]}"
   } >"$table"
-  cat "$table"
-  replace_section docs/benchmarks.md podman "$table"
-  rm -f "$table"
+  publish_table podman "$table"
   exit 0
 fi
 
