@@ -16,6 +16,8 @@ IMAGE=localhost/busybox
 ENTRY_IMAGE=localhost/husk-entry
 TIMEOUT=${HUSK_PODMAN_TIMEOUT:-300}
 REPO=$(cd "$BATS_TEST_DIRNAME/../.." && pwd)
+# The husk binary registered in containers.conf (integration/podman/setup).
+HUSK_BIN=${HUSK_PODMAN_HUSK:-$REPO/target/release/husk}
 # Every container of the suite carries this label: teardown removes them all.
 LABEL=io.husk.podman-suite=1
 
@@ -115,5 +117,5 @@ tmux_wait_line() {
 
 # The guest kernel husk boots (its "Linux version" string), for `uname -r` in a microVM.
 guest_kernel_release() {
-  grep -a -o -m1 'Linux version [^ ]*' "$REPO/target/release/vmlinux" | cut -d' ' -f3
+  grep -a -o -m1 'Linux version [^ ]*' "$(dirname "$HUSK_BIN")/vmlinux" | cut -d' ' -f3
 }

@@ -166,7 +166,7 @@ start_idle() {
   if is_vm_runtime; then
     # No VMM process at all, no virtio-fs or husk mount, no file left under the runtime's
     # root (empty directories of its own layout may stay).
-    ! pgrep -f "$REPO/target/release/husk" >/dev/null || fail "husk processes left: $(pgrep -af "$REPO/target/release/husk")"
+    ! pgrep -f "$HUSK_BIN" >/dev/null || fail "husk processes left: $(pgrep -af "$HUSK_BIN")"
     ! awk '$2 ~ "^/run/husk/" || $3 == "virtiofs" { f = 1 } END { exit !f }' /proc/mounts ||
       fail "mounts left: $(grep -E ' /run/husk/|virtiofs' /proc/mounts)"
     left=$(find "$root" -mindepth 1 ! -type d 2>/dev/null)

@@ -49,7 +49,7 @@ teardown() { remove_suite_containers; }
   assert_status 0
   if is_vm_runtime; then
     want=$(guest_kernel_release)
-    [ -n "$want" ] || fail "cannot read the guest kernel's version from target/release/vmlinux"
+    [ -n "$want" ] || fail "cannot read the guest kernel's version from $(dirname "$HUSK_BIN")/vmlinux"
     [ "$output" = "$want" ] || fail "expected the guest kernel $want"
   else
     [ "$output" = "$(uname -r)" ] || fail "expected the host kernel $(uname -r)"
