@@ -6,13 +6,15 @@
 # the test bed otherwise, and writes its table into docs/benchmarks.md. A runtime whose
 # runs fail is reported as failing in the table, not dropped.
 #   bench/oci.sh [RUNS]          (default 10)
+# HUSK_BENCH_HUSK=PATH times another husk binary (its vmlinux and initramfs.cpio beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . bench/lib.sh
 
 runs=${1:-10}
-out=target/release
-for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio" /bin/busybox /usr/bin/crun /usr/bin/runc; do
+husk=${HUSK_BENCH_HUSK:-target/release/husk}
+out=$(dirname "$husk")
+for f in "$husk" "$out/vmlinux" "$out/initramfs.cpio" /bin/busybox /usr/bin/crun /usr/bin/runc; do
   [ -e "$f" ] || { echo "bench/oci.sh: $f is missing: run make first (crun, runc, busybox: integration/podman/setup)" >&2; exit 1; }
 done
 names=(husk-run crun-run runc-run husk-vm-boot)
@@ -34,6 +36,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "This machine's load average at the start: $load. One bundle for all: a busybox-static rootfs and"
     echo "\`runc spec\`'s config.json running \`true\`; \`RUNTIME run --bundle B ID\` = create + start + wait + delete."
     echo "husk's VM: its defaults (no resources in the spec). Goal (issue 4): husk run / husk vm boot <= 1.5."
+    [ -z "${HUSK_BENCH_HUSK:-}" ] || echo "husk binary: $HUSK_BENCH_HUSK${HUSK_BENCH_NOTE:+ ($HUSK_BENCH_NOTE)}."
     echo
     echo "| wall ms, launch to exit (median of successful runs) | husk run | crun run | runc run | husk vm boot |"
     echo "|---|---|---|---|---|"
@@ -55,12 +58,12 @@ trap 'rm -rf "$bundle"' EXIT
 busybox_bundle "$bundle" true
 for i in $(seq "$runs"); do
   id=bench-oci-$$-$i
-  time_into husk-run "$out/husk" run --bundle "$bundle" "$id-husk"
+  time_into husk-run "$husk" run --bundle "$bundle" "$id-husk"
   time_into crun-run crun run --bundle "$bundle" "$id-crun"
   time_into runc-run runc run --bundle "$bundle" "$id-runc"
-  time_into husk-vm-boot "$out/husk" vm boot
+  time_into husk-vm-boot "$husk" vm boot
   echo "run $i: ms/status husk run $(tail -n1 "$RESULTS/husk-run") | crun run $(tail -n1 "$RESULTS/crun-run")" \
     "| runc run $(tail -n1 "$RESULTS/runc-run") | husk vm boot $(tail -n1 "$RESULTS/husk-vm-boot")" >&2
 done
 # A failed husk run may leave its container's state behind: not on the next bench's way.
-for i in $(seq "$runs"); do "$out/husk" delete --force "bench-oci-$$-$i-husk" >/dev/null 2>&1 || true; done
+for i in $(seq "$runs"); do "$husk" delete --force "bench-oci-$$-$i-husk" >/dev/null 2>&1 || true; done
