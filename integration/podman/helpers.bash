@@ -107,12 +107,30 @@ tmux_type() { tmux -L "$TMUX_SOCKET" send-keys -t t -l "$1" && tmux -L "$TMUX_SO
 # tmux_wait_line SECONDS LINE: until a line of the screen is exactly LINE (trailing blanks
 # and carriage returns ignored).
 tmux_has_line() { tmux_screen | sed 's/[[:space:]]*$//' | grep -qxF -- "$1"; }
+# A command that ended before printing LINE fails at once (not after SECONDS).
+tmux_line_or_exit() {
+  local screen
+  screen=$(tmux_screen | sed 's/[[:space:]]*$//')
+  grep -qxF -- "$1" <<<"$screen" && return 0
+  if [[ $1 != HUSK-EXIT=* ]] && grep -q '^HUSK-EXIT=' <<<"$screen"; then
+    echo "the command ended before printing '$1'" >&2
+    return 2
+  fi
+  return 1
+}
 tmux_wait_line() {
-  wait_until "$1" tmux_has_line "$2" || {
-    echo "screen:" >&2
-    tmux_screen >&2
-    return 1
-  }
+  local deadline=$(($(date +%s) + $1)) rc
+  while :; do
+    rc=0
+    tmux_line_or_exit "$2" || rc=$?
+    [ $rc -eq 0 ] && return 0
+    if [ $rc -eq 2 ] || [ "$(date +%s)" -ge "$deadline" ]; then
+      echo "waiting for '$2' failed; screen:" >&2
+      tmux_screen >&2
+      return 1
+    fi
+    sleep 0.5
+  done
 }
 
 # The guest kernel husk boots (its "Linux version" string), for `uname -r` in a microVM.
