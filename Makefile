@@ -9,7 +9,7 @@ OUT      := target/release
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT    := target/$(AGENT_TARGET)/agent/husk-agent
 
-.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test cli-test kernel-check vm-test install clean
+.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test cli-test kernel-check vm-test podman-test install clean
 
 all: husk kernel initramfs
 
@@ -59,6 +59,13 @@ kernel-check: kernel
 
 vm-test: all guest-tests
 	tests/run-vm-tests.sh
+
+# podman driving husk (integration/podman/: setup + the bats suite), natively or in the
+# test bed as for vm-test. PODMAN_RUNTIME=crun (or runc) runs the same suite with podman's
+# usual runtime, to check the suite itself. Not part of `test` yet.
+PODMAN_RUNTIME ?= husk
+podman-test: all
+	integration/podman/run --runtime $(PODMAN_RUNTIME)
 
 install: all
 	install -D -m 0755 $(OUT)/husk $(DESTDIR)$(PREFIX)/bin/husk

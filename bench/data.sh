@@ -56,9 +56,8 @@ fi
 work=$(mktemp -d /tmp/husk-bench-data.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
-mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,etc,root,run,meta}
-cp /bin/busybox "$rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"; done
+busybox_rootfs "$rootfs"
+mkdir -p "$rootfs/meta"
 head -c $((mib << 20)) /dev/urandom >"$rootfs/big"
 head -c $((stdout_mib << 20)) /dev/urandom >"$rootfs/out"
 for d in $(seq 100); do

@@ -46,6 +46,14 @@ replace_section() {
     !skip { print }' "$file" >"$file.tmp" && mv "$file.tmp" "$file"
 }
 
+# publish_table NAME TABLE_FILE: prints the table and puts it into docs/benchmarks.md as
+# section NAME; removes TABLE_FILE.
+publish_table() {
+  cat "$2"
+  replace_section docs/benchmarks.md "$1" "$2"
+  rm -f "$2"
+}
+
 # measure_where SCRIPT RESULTS [ARGS...]: runs SCRIPT ARGS's measurements (with
 # HUSK_BENCH_INNER=1 and RESULTS set) natively where this host's KVM boots a stock guest,
 # inside the test bed otherwise; sets $where to a phrase saying which, for the report.
@@ -59,4 +67,73 @@ measure_where() {
     where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
     tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$@"
   fi
+}
+
+# busybox_rootfs DIR: a busybox-static rootfs in DIR (the same as tests/vm/run.rs builds):
+# /bin/busybox, a link per applet, the usual top-level directories.
+busybox_rootfs() {
+  local root=$1 a
+  mkdir -p "$root"/{bin,dev,proc,sys,tmp,etc,root,run}
+  cp /bin/busybox "$root/bin/busybox"
+  for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+}
+
+# busybox_bundle DIR WORD: an OCI bundle in DIR whose process runs the busybox applet WORD
+# without a terminal: a busybox rootfs and runc's default config.json (`runc spec`), the
+# same for every runtime compared.
+busybox_bundle() {
+  local dir=$1 word=$2
+  busybox_rootfs "$dir/rootfs"
+  (cd "$dir" && runc spec)
+  sed -i -e 's/"terminal": true/"terminal": false/' \
+    -e '/"args": \[/,/\]/ s/"sh"/"'"$word"'"/' "$dir/config.json"
+  if ! grep -q '"terminal": false' "$dir/config.json" || ! grep -q "\"$word\"" "$dir/config.json"; then
+    echo "busybox_bundle: could not edit runc's config.json" >&2
+    return 1
+  fi
+}
+
+# time_into NAME CMD...: runs CMD (output discarded) and appends "<wall ms> <exit status>"
+# to $RESULTS/NAME; the first failure's last output lines go to $RESULTS/NAME.err.
+time_into() {
+  local name=$1; shift
+  local t0 t1 status=0 log; log=$(mktemp)
+  t0=$(now_ns)
+  "$@" >"$log" 2>&1 </dev/null || status=$?
+  t1=$(now_ns)
+  echo "$(( (t1 - t0) / 1000000 )) $status" >>"$RESULTS/$name"
+  if [ $status -ne 0 ] && [ ! -e "$RESULTS/$name.err" ]; then
+    { echo "exit $status: $*"; tail -n 3 "$log"; } >"$RESULTS/$name.err"
+  fi
+  rm -f "$log"
+  return 0
+}
+
+# ok_median FILE: the median wall ms of FILE's successful runs (time_into's lines), or
+# "failed" when none succeeded.
+ok_median() {
+  local m; m=$(awk '$2 == 0 { print $1 }' "$1" 2>/dev/null | median)
+  if [ "$m" = nan ]; then echo failed; else echo "$m"; fi
+}
+
+# failures FILE: "N of M" runs of FILE that failed, or nothing when none did.
+failures() {
+  awk '$2 != 0 { f++ } END { if (f) printf "%d of %d", f, NR }' "$1" 2>/dev/null
+}
+
+# ratio_of A B: A / B to two places, "n/a" unless both are numbers.
+ratio_of() {
+  awk -v a="$1" -v b="$2" 'BEGIN {
+    if (a ~ /^[0-9.]+$/ && b ~ /^[0-9.]+$/ && b > 0) printf "%.2f", a / b; else print "n/a" }'
+}
+
+# failure_notes NAME...: a line per NAME whose runs failed: how many, and the first error.
+failure_notes() {
+  local n f
+  for n in "$@"; do
+    f=$(failures "$RESULTS/$n")
+    [ -z "$f" ] && continue
+    echo
+    echo "**$n: $f runs failed.** First error: \`$(head -c 400 "$RESULTS/$n.err" 2>/dev/null | tr '\n`' ' \047' | sed 's/ *$//')\`"
+  done
 }

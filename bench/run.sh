@@ -57,9 +57,7 @@ fi
 # Inside: a busybox rootfs, then the measurements, interleaved.
 rootfs=$(mktemp -d /tmp/husk-bench-rootfs.XXXXXX)
 trap 'rm -rf "$rootfs"' EXIT
-mkdir -p "$rootfs"/{bin,dev,proc,sys,tmp,etc,root,run}
-cp /bin/busybox "$rootfs/bin/busybox"
-for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$rootfs/bin/$a"; done
+busybox_rootfs "$rootfs"
 
 field() { tr ' ' '\n' | awk -F= -v k="$1" '$1 == k { print $2 }'; }
 for i in $(seq "$runs"); do
