@@ -71,6 +71,7 @@ fn main() {
                 stream_wait: Duration::from_secs(2),
                 containers_dir: dir.join("containers"),
                 cgroup_root: None,
+                pid_namespaces: true,
             },
         )),
         rootfs,
