@@ -10,6 +10,7 @@ use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The checkout's root, fixed at build time (the test bed shows it at the same path).
@@ -239,4 +240,31 @@ pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, Strin
     let _ = std::fs::remove_file(&console);
     let _ = std::fs::remove_file(&initrd);
     (run, log)
+}
+
+/// A busybox-static rootfs (Debian's /bin/busybox and a link per applet, the usual
+/// top-level dirs), built once per test process under the system temp dir.
+pub fn busybox_rootfs() -> &'static std::path::Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let busybox = std::path::Path::new("/bin/busybox");
+        assert!(
+            busybox.exists(),
+            "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps.sh)"
+        );
+        let root = std::env::temp_dir().join(format!("husk-busybox-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "run"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+        let list = Command::new(busybox).arg("--list").output().unwrap();
+        assert!(list.status.success());
+        for applet in String::from_utf8(list.stdout).unwrap().lines() {
+            if applet != "busybox" && !applet.is_empty() {
+                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+            }
+        }
+        root
+    })
 }

@@ -6,9 +6,8 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use husk_tests::{husk, husk_command, spawn_husk, wait_husk, Run};
@@ -35,29 +34,9 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
-/// A busybox-static rootfs: /bin/busybox and a link per applet, the usual top-level dirs.
+/// The shared busybox rootfs.
 fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let busybox = Path::new("/bin/busybox");
-        assert!(
-            busybox.exists(),
-            "/bin/busybox is missing: apt-get install busybox-static (scripts/install-deps.sh)"
-        );
-        let root = scratch("rootfs");
-        for d in ["bin", "dev", "proc", "sys", "tmp", "etc", "root", "run"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
-        }
-        std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-        let list = Command::new(busybox).arg("--list").output().unwrap();
-        assert!(list.status.success());
-        for applet in String::from_utf8(list.stdout).unwrap().lines() {
-            if applet != "busybox" && !applet.is_empty() {
-                std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-            }
-        }
-        root
-    })
+    husk_tests::busybox_rootfs()
 }
 
 /// husk's exit code (failing the test if a signal killed husk itself).

@@ -18,6 +18,7 @@ pub mod pause;
 pub mod ps;
 pub mod resume;
 pub mod run;
+pub mod sandbox_monitor;
 pub mod spec;
 pub mod start;
 pub mod state;
@@ -102,6 +103,9 @@ pub enum Command {
     /// Work with microVMs directly.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// The host process of one container (spawned by create).
+    #[command(name = "sandbox-monitor", hide = true)]
+    SandboxMonitor(sandbox_monitor::MonitorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,6 +249,10 @@ pub fn main(started: Instant) -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
+    if let Command::SandboxMonitor(args) = command {
+        // Its own process: no log, and its status is the container's.
+        return ExitCode::from(sandbox_monitor::run(args).clamp(0, 255) as u8);
+    }
     let log = match Logger::open(
         cli.global.log.as_deref(),
         cli.global.log_format,
@@ -282,6 +290,7 @@ pub fn main(started: Instant) -> ExitCode {
         Command::Features(a) => features::run(a, &ctx),
         Command::Vm(VmCommand::Boot(args)) => vm_boot::run(args, started).map(|()| 0),
         Command::Vm(VmCommand::Run(args)) => vm_run::run(args, started).map(i32::from),
+        Command::SandboxMonitor(_) => unreachable!("handled above"),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

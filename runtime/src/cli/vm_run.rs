@@ -9,9 +9,8 @@
 //! SIGWINCH) are blocked before any thread exists and received by one thread with
 //! sigwait: no signal can kill husk past the cleanup of its sandbox.
 
-use std::io::{self, Read, Write};
-use std::mem::ManuallyDrop;
-use std::os::fd::{AsFd, FromRawFd};
+use std::io;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -26,6 +25,7 @@ use nix::sys::signal::{SigSet, Signal};
 
 use super::terminal::{window_size, RawMode};
 use crate::assets::{self, Asset};
+use crate::sandbox::stdio::{relay, std_fd};
 use crate::sandbox::{
     check_dir, command_spec, unique_id, Command, Sandbox, SandboxConfig, SandboxError, Volume,
 };
@@ -174,64 +174,6 @@ fn start_signal_thread(forwarder: Arc<Forwarder>) -> Result<()> {
             }
         })
         .context("cannot start the signal thread")?;
-    Ok(())
-}
-
-/// One of this process's standard fds, unbuffered (std's stdout is line buffered, which
-/// would hold back a prompt that has no newline yet) and never closed.
-struct StdFd(ManuallyDrop<std::fs::File>);
-
-fn std_fd(fd: i32) -> StdFd {
-    // SAFETY: fds 0-2 are open for the life of the process; ManuallyDrop never closes them.
-    StdFd(ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(fd) }))
-}
-
-impl Read for StdFd {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self.0).read(buf)
-    }
-}
-
-impl Write for StdFd {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        (&*self.0).write(buf)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Copies `from` to `to` until EOF or an error on either side; signals `done` at the end.
-fn relay(
-    name: &str,
-    mut from: impl Read + Send + 'static,
-    mut to: impl Write + Send + 'static,
-    done: Option<mpsc::Sender<()>>,
-    at_eof: impl FnOnce() + Send + 'static,
-) -> Result<()> {
-    std::thread::Builder::new()
-        .name(name.into())
-        .stack_size(128 << 10)
-        .spawn(move || {
-            let mut buf = vec![0u8; 32 << 10];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    Err(_) => break,
-                };
-                if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
-                    break;
-                }
-            }
-            at_eof();
-            if let Some(done) = done {
-                let _ = done.send(());
-            }
-        })
-        .with_context(|| format!("cannot start the {name} thread"))?;
     Ok(())
 }
 
