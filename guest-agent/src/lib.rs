@@ -56,6 +56,9 @@ pub struct Settings {
     pub stream_wait: Duration,
     /// Where container roots are bound, one directory per container.
     pub containers_dir: PathBuf,
+    /// Where the cgroup2 hierarchy is (mounted there if needed); `None`: containers get
+    /// no cgroup (the request tests on a host, which must not touch the host's cgroups).
+    pub cgroup_root: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -63,6 +66,7 @@ impl Default for Settings {
         Settings {
             stream_wait: DEFAULT_STREAM_WAIT,
             containers_dir: PathBuf::from(DEFAULT_CONTAINERS_DIR),
+            cgroup_root: Some(PathBuf::from(container::DEFAULT_CGROUP_ROOT)),
         }
     }
 }
@@ -72,6 +76,7 @@ pub struct Agent {
     reaper: Reaper,
     streams: StreamPark,
     containers_dir: PathBuf,
+    cgroup_root: Option<PathBuf>,
     containers: Mutex<HashMap<String, Slot>>,
 }
 
@@ -93,6 +98,7 @@ impl Agent {
             reaper,
             streams: StreamPark::new(settings.stream_wait),
             containers_dir: settings.containers_dir,
+            cgroup_root: settings.cgroup_root,
             containers: Mutex::new(HashMap::new()),
         }
     }
@@ -166,7 +172,17 @@ impl Agent {
                     .claim(&ProcessRef::init(id.as_str()), stdio)
                     .and_then(|streams| {
                         let dir = self.containers_dir.join(&id);
-                        Container::create(&self.reaper, &dir, &id, &spec, stdio, streams)
+                        Container::create(
+                            &spec,
+                            container::CreateArgs {
+                                reaper: &self.reaper,
+                                dir: &dir,
+                                id: &id,
+                                stdio,
+                                streams,
+                                cgroup_root: self.cgroup_root.as_deref(),
+                            },
+                        )
                     });
                 let mut containers = lock(&self.containers);
                 match created {
@@ -232,6 +248,10 @@ impl Agent {
                 let child = self.container(&process.container_id)?.process(&process)?;
                 child.close_stdin()?;
                 Ok(Response::Ok)
+            }
+            Request::ListProcesses { id } => {
+                let processes = self.container(&id)?.processes()?;
+                Ok(Response::Processes { processes })
             }
             Request::Shutdown => {
                 // Flush every filesystem (the shares write through to the host) before the

@@ -35,6 +35,7 @@ fn main() {
 }
 
 fn run() -> Result<std::convert::Infallible, String> {
+    husk_agent::mounts::leave_initramfs().map_err(|e| e.message)?;
     husk_agent::mounts::mount_kernel_filesystems().map_err(|e| e.message)?;
     let has_vsock = || husk_agent::vsock::local_cid().is_some();
     match init::mode(has_vsock)? {

@@ -51,6 +51,44 @@ const KERNEL_FILESYSTEMS: &[(&str, &str, MsFlags, &str)] = &[
     ),
 ];
 
+/// Where PID 1 moves the root to, for a moment, in [`leave_initramfs`].
+const NEW_ROOT: &str = "/.husk-root";
+
+/// PID 1, first thing: makes the root a mount of its own instead of the initramfs
+/// (`rootfs`), which `pivot_root` refuses to pivot away from (EINVAL: it has no parent
+/// mount). The initramfs is bound recursively on a directory of itself, the bind is
+/// moved onto "/" and PID 1 chroots into it (what switch_root does, minus the copy): the
+/// same files, now on a mount that has a parent. Costs two mounts, no copy.
+pub fn leave_initramfs() -> Result<(), AgentError> {
+    let fail = |what: &str, e: Errno| {
+        AgentError::internal(format!("leaving the initramfs: {what}: {}", errno_text(e)))
+    };
+    let new_root = Path::new(NEW_ROOT);
+    create_dir(new_root)?;
+    mount(
+        Some("/"),
+        new_root,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| fail("bind / on ", e))?;
+    nix::unistd::chdir(new_root).map_err(|e| fail("chdir", e))?;
+    mount(
+        Some(new_root),
+        "/",
+        None::<&str>,
+        MsFlags::MS_MOVE,
+        None::<&str>,
+    )
+    .map_err(|e| fail("move to /", e))?;
+    nix::unistd::chroot(".").map_err(|e| fail("chroot", e))?;
+    nix::unistd::chdir("/").map_err(|e| fail("chdir /", e))?;
+    // The directory is visible again in the bind, empty: nothing needs it any more.
+    let _ = std::fs::remove_dir(new_root);
+    Ok(())
+}
+
 /// PID 1: mounts the kernel filesystems (see `KERNEL_FILESYSTEMS`).
 pub fn mount_kernel_filesystems() -> Result<(), AgentError> {
     for &(fstype, path, flags, data) in KERNEL_FILESYSTEMS {

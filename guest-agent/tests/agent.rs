@@ -23,7 +23,7 @@ use husk_protocol::{
     open_stdio_stream, Client, ErrorKind, ExitStatus, ProcessRef, ProtocolError, ServeEnd,
     StdioConfig, StreamHeader, StreamKind,
 };
-use oci_spec::runtime::{Mount, Process, Root, Spec, User};
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Process, Root, Spec, User};
 
 const BUSYBOX: &str = "/bin/busybox";
 const TIMEOUT: Duration = Duration::from_secs(20);
@@ -31,14 +31,6 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 struct Env {
     agent: Arc<Agent>,
     rootfs: PathBuf,
-    containers: PathBuf,
-}
-
-impl Env {
-    /// Where the agent bound container `id`'s root.
-    fn root_of(&self, id: &str) -> PathBuf {
-        self.containers.join(id).join("root")
-    }
 }
 
 type Test = (&'static str, fn(&Env));
@@ -78,10 +70,10 @@ fn main() {
             Settings {
                 stream_wait: Duration::from_secs(2),
                 containers_dir: dir.join("containers"),
+                cgroup_root: None,
             },
         )),
         rootfs,
-        containers: dir.join("containers"),
     };
     let tests: &[Test] = &[
         ("create_start_wait_exit_code", create_start_wait_exit_code),
@@ -279,6 +271,16 @@ fn spec(env: &Env, process: Process) -> Spec {
     spec
 }
 
+/// `spec` without its pid namespace.
+fn without_pid_namespace(mut spec: Spec) -> Spec {
+    if let Some(linux) = spec.linux_mut() {
+        if let Some(ns) = linux.namespaces_mut() {
+            ns.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+        }
+    }
+    spec
+}
+
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};
     static N: AtomicU32 = AtomicU32::new(0);
@@ -391,7 +393,7 @@ fn init_waits_for_start(env: &Env) {
     let mut out = open_stream(env, &init, StreamKind::Stdout);
     let mut c = connect(env);
     let p = process(&["echo", "started"]);
-    c.create_container(&id, spec(env, p), OUT).unwrap();
+    let pid = c.create_container(&id, spec(env, p), OUT).unwrap();
     // Created, not started: nothing runs yet.
     out.set_read_timeout(Some(Duration::from_millis(300)))
         .unwrap();
@@ -401,10 +403,11 @@ fn init_waits_for_start(env: &Env) {
         other => panic!("the init process ran before start: {other:?}"),
     }
     out.set_read_timeout(Some(TIMEOUT)).unwrap();
-    // And the container's kernel filesystems are there.
+    // And the container's kernel filesystems are there (in its mount namespace).
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
     for dir in ["proc", "sys", "dev"] {
         assert!(
-            husk_agent::mounts::is_mount_point(&env.root_of(&id).join(dir)),
+            husk_agent::mounts::is_mount_point(&root.join(dir)),
             "/{dir} is not mounted in the rootfs"
         );
     }
@@ -489,9 +492,18 @@ fn tty_and_resize(env: &Env) {
 }
 
 fn signal_one_process(env: &Env) {
-    let (id, _s) = run(env, &["sleep", "100"], StdioConfig::default());
-    let init = ProcessRef::init(id.as_str());
+    // The init of a pid namespace ignores signals it has no handler for (the kernel's
+    // rule, as with runc): a container without one shows the plain delivery.
+    let id = unique("sig");
     let mut c = connect(env);
+    c.create_container(
+        &id,
+        without_pid_namespace(spec(env, process(&["sleep", "100"]))),
+        StdioConfig::default(),
+    )
+    .unwrap();
+    c.start_container(&id).unwrap();
+    let init = ProcessRef::init(id.as_str());
     c.signal(init.clone(), libc::SIGTERM, false).unwrap();
     let status = wait(env, init.clone());
     assert_eq!(status, ExitStatus::Signaled(libc::SIGTERM));
@@ -512,8 +524,8 @@ fn signal_all_processes(env: &Env) {
     let mut out = s.stdout.unwrap();
     let mut ready = [0u8; 6];
     out.read_exact(&mut ready).unwrap();
-    let in_root = || count_processes_in(&env.root_of(&id));
-    assert_eq!(in_root(), 3, "sh and two sleeps in the root");
+    let in_root = || count_processes(env, &id);
+    assert_eq!(in_root(), 3, "sh and two sleeps in the container");
     connect(env)
         .signal(init.clone(), libc::SIGKILL, true)
         .unwrap();
@@ -525,29 +537,9 @@ fn signal_all_processes(env: &Env) {
     assert_eq!(in_root(), 0, "every process of the container is gone");
 }
 
-/// Processes (zombies excluded) whose root is `root`.
-fn count_processes_in(root: &Path) -> usize {
-    let root = std::fs::canonicalize(root).unwrap();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_str()
-                .is_some_and(|n| n.parse::<u32>().is_ok())
-        })
-        .filter(|e| std::fs::read_link(e.path().join("root")).ok().as_ref() == Some(&root))
-        .filter(|e| {
-            std::fs::read_to_string(e.path().join("stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .map(|r| r.trim_start().starts_with('Z'))
-                })
-                == Some(false)
-        })
-        .count()
+/// The container's processes, as `ListProcesses` reports them.
+fn count_processes(env: &Env, id: &str) -> usize {
+    connect(env).list_processes(id).unwrap().len()
 }
 
 fn exec_in_the_same_root(env: &Env) {
@@ -608,7 +600,7 @@ fn containers_on_one_root_stay_apart(env: &Env) {
     thread::sleep(Duration::from_millis(200));
     let mut c = connect(env);
     c.signal(ProcessRef::init(long.as_str()), 0, false).unwrap();
-    assert_eq!(count_processes_in(&env.root_of(&long)), 1);
+    assert_eq!(count_processes(env, &long), 1);
     let e = agent_error(c.signal(ProcessRef::init(short.as_str()), libc::SIGKILL, true));
     assert_eq!(e.kind, ErrorKind::NotFound, "{e}");
     c.signal(ProcessRef::init(long.as_str()), libc::SIGKILL, true)
@@ -669,12 +661,18 @@ fn env_cwd_user_applied(env: &Env) {
 
 fn orphans_are_reaped(env: &Env) {
     let before = env.agent.orphans_reaped();
-    // The init leaves two children behind; they become the agent's orphans.
-    let (id, _s) = run(
-        env,
-        &["sh", "-c", "sleep 0.2 & sleep 0.3 & exit 0"],
+    // The init leaves two children behind; they become the agent's orphans (with a pid
+    // namespace they would be killed and reaped by the kernel with the init).
+    let id = unique("orphans");
+    let mut c = connect(env);
+    let p = process(&["sh", "-c", "sleep 0.2 & sleep 0.3 & exit 0"]);
+    c.create_container(
+        &id,
+        without_pid_namespace(spec(env, p)),
         StdioConfig::default(),
-    );
+    )
+    .unwrap();
+    c.start_container(&id).unwrap();
     assert_eq!(
         wait(env, ProcessRef::init(id.as_str())),
         ExitStatus::Exited(0)
@@ -684,7 +682,7 @@ fn orphans_are_reaped(env: &Env) {
         thread::sleep(Duration::from_millis(20));
     }
     assert!(env.agent.orphans_reaped() >= before + 2);
-    assert_eq!(count_processes_in(&env.root_of(&id)), 0, "no zombie left");
+    assert_eq!(count_processes(env, &id), 0, "no zombie left");
 }
 
 fn errors_are_clear(env: &Env) {
@@ -745,7 +743,7 @@ fn errors_are_clear(env: &Env) {
     m.set_typ(Some("tmpfs".into()));
     m.set_source(Some("tmpfs".into()));
     m.set_options(Some(vec!["nosuid".into(), "size=1m".into()]));
-    s.set_mounts(Some(vec![m]));
+    s.mounts_mut().get_or_insert_with(Vec::new).push(m);
     let id = unique("tmpfs");
     let init = ProcessRef::init(id.as_str());
     let out = open_stream(env, &init, StreamKind::Stdout);
@@ -791,7 +789,6 @@ fn concurrent_waiters(env: &Env) {
                 let env = Env {
                     agent,
                     rootfs: PathBuf::new(),
-                    containers: PathBuf::new(),
                 };
                 wait(&env, init)
             })

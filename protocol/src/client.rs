@@ -6,7 +6,8 @@ use oci_spec::runtime::{Process, Spec};
 
 use crate::frame::{read_frame, write_frame, ProtocolError};
 use crate::messages::{
-    ExitStatus, ProcessRef, Request, RequestFrame, Response, ResponseFrame, StdioConfig,
+    ExitStatus, GuestProcessInfo, ProcessRef, Request, RequestFrame, Response, ResponseFrame,
+    StdioConfig,
 };
 use crate::version::{handshake, Role};
 
@@ -121,6 +122,19 @@ impl<S: Read + Write> Client<S> {
             signal,
             all,
         })
+    }
+
+    /// Sends `signal` to every process of container `id` (its whole pid namespace).
+    pub fn signal_all(&mut self, id: &str, signal: i32) -> Result<(), ProtocolError> {
+        self.signal(ProcessRef::init(id), signal, true)
+    }
+
+    /// The processes of container `id`, pids as seen inside it (init is 1).
+    pub fn list_processes(&mut self, id: &str) -> Result<Vec<GuestProcessInfo>, ProtocolError> {
+        match self.call(Request::ListProcesses { id: id.to_owned() })? {
+            Response::Processes { processes } => Ok(processes),
+            other => Err(unexpected("list_processes", other)),
+        }
     }
 
     /// Blocks until the process exits.

@@ -55,8 +55,9 @@ pub mod process;
 pub use client::Client;
 pub use frame::{read_frame, write_frame, ProtocolError, MAX_FRAME_SIZE};
 pub use messages::{
-    validate_id, AgentError, AgentEvent, ErrorKind, ExitStatus, ProcessRef, Request, RequestFrame,
-    Response, ResponseFrame, StdioConfig, StreamAck, StreamHeader, StreamKind,
+    validate_id, AgentError, AgentEvent, ErrorKind, ExitStatus, GuestProcessInfo, ProcessRef,
+    Request, RequestFrame, Response, ResponseFrame, StdioConfig, StreamAck, StreamHeader,
+    StreamKind,
 };
 pub use server::{serve, ServeEnd};
 pub use stream::{accept_stdio_stream, ack_stdio_stream, open_stdio_stream};

@@ -124,7 +124,9 @@ pub enum Request {
         stdio: StdioConfig,
     },
     /// Send `signal` (a Linux signal number) to the process, or with `all` to every process
-    /// of the container. `Response::Ok`; signalling an exited process is `NotFound`.
+    /// of the container (every process of its pid namespace, execs and their children
+    /// included; `process.exec_id` is then ignored). `Response::Ok`; signalling an exited
+    /// process, or `all` when none is left, is `NotFound`.
     Signal {
         process: ProcessRef,
         signal: i32,
@@ -151,6 +153,9 @@ pub enum Request {
         #[serde(default)]
         read_only: bool,
     },
+    /// The processes of container `id` (`husk ps`, containerd's `Pids`): every process of
+    /// its pid namespace, init first. `Response::Processes`; `NotFound` for an unknown id.
+    ListProcesses { id: String },
     /// Sync and power the VM off after answering `Response::Ok`.
     Shutdown,
 }
@@ -169,6 +174,7 @@ impl Request {
             Request::ResizeTty { .. } => "resize_tty",
             Request::CloseStdin { .. } => "close_stdin",
             Request::MountShare { .. } => "mount_share",
+            Request::ListProcesses { .. } => "list_processes",
             Request::Shutdown => "shutdown",
         }
     }
@@ -191,6 +197,21 @@ pub enum Response {
     Exit {
         status: ExitStatus,
     },
+    /// Answer to `ListProcesses`, sorted by pid.
+    Processes {
+        processes: Vec<GuestProcessInfo>,
+    },
+}
+
+/// One process of a container, as `ListProcesses` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestProcessInfo {
+    /// The pid inside the container's pid namespace (1 = its init). Without a pid
+    /// namespace of its own, the guest pid.
+    pub pid: i32,
+    /// The command line (`/proc/N/cmdline`, arguments joined by spaces), or the command
+    /// name in brackets for a process without one (`ps` style).
+    pub command: String,
 }
 
 /// Request envelope: `id` is echoed in the response.
@@ -448,6 +469,31 @@ mod tests {
         let back: ResponseFrame =
             serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn list_processes_wire_shape() {
+        let f = RequestFrame {
+            id: 5,
+            request: Request::ListProcesses { id: "c1".into() },
+        };
+        assert_eq!(
+            serde_json::to_string(&f).unwrap(),
+            r#"{"id":5,"request":{"list_processes":{"id":"c1"}}}"#
+        );
+        let r = ResponseFrame {
+            id: 5,
+            result: Ok(Response::Processes {
+                processes: vec![GuestProcessInfo {
+                    pid: 1,
+                    command: "sleep 10".into(),
+                }],
+            }),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"id":5,"result":{"Ok":{"processes":{"processes":[{"pid":1,"command":"sleep 10"}]}}}}"#
+        );
     }
 
     #[test]

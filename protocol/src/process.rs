@@ -43,8 +43,13 @@
 //! command still fails at create), reports that it is parked, and waits on a pipe until
 //! [`Child::start`] opens the gate (runc's create/start split).
 //!
-//! What this does not do (the container builder's job, next): namespaces, mounts,
-//! pivot_root, cgroups, capabilities, rlimits, no_new_privileges, seccomp, AppArmor/SELinux.
+//! The container builder (the agent) plugs in through [`SpawnOptions`] too: `clone_flags`
+//! (a new pid namespace needs `clone`, not `fork` + `unshare`), `pid_namespace` (an exec
+//! joins the container's: the spawning thread enters it around the fork, so the child is
+//! born inside) and a [`ChildSetup`] whose precomputed steps run in the child at two
+//! points: [`SetupPhase::BeforeUser`] (namespaces, mounts, pivot_root, hostname, rlimits,
+//! the capability bounding set) and [`SetupPhase::AfterUser`] (capabilities, no_new_privs,
+//! seccomp). A failed step comes back as its index and errno, and the builder names it.
 //!
 //! # Stdio
 //!
@@ -336,6 +341,28 @@ struct Gate {
     plan: ExecPlan,
 }
 
+/// When the child runs a [`ChildSetup`]'s steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetupPhase {
+    /// After stdio is in place, before the chroot (if any) and the uid/gid switch.
+    BeforeUser,
+    /// After the uid/gid switch, the umask and the cwd; last before the start gate and exec.
+    AfterUser,
+}
+
+/// Steps a container builder runs in the child between fork and exec.
+pub trait ChildSetup: Send + Sync + std::fmt::Debug {
+    /// Runs the steps of `phase`; on failure returns (step index, errno).
+    ///
+    /// # Safety
+    /// Runs in the child of a fork of a multithreaded process: async-signal-safe calls
+    /// only, no allocation, no locks. Everything must have been prepared before the fork.
+    unsafe fn run(&self, phase: SetupPhase) -> Result<(), (u32, i32)>;
+
+    /// The error for step `step` failing with `errno` (e.g. "mount proc on /proc: ...").
+    fn describe(&self, step: u32, errno: Errno) -> AgentError;
+}
+
 /// Extra setup for [`spawn_with`]; the default is plain [`spawn`].
 #[derive(Debug, Clone, Default)]
 pub struct SpawnOptions {
@@ -345,6 +372,16 @@ pub struct SpawnOptions {
     /// Stop before exec until [`Child::start`]; the executable is looked up before
     /// stopping, so a missing command fails the spawn itself.
     pub start_gated: bool,
+    /// `CLONE_NEW*` flags for `clone(2)` instead of `fork` (0: fork).
+    pub clone_flags: libc::c_int,
+    /// A pid namespace (an fd of `/proc/N/ns/pid`) the child is born in.
+    pub pid_namespace: Option<Arc<OwnedFd>>,
+    /// The container builder's steps in the child.
+    pub setup: Option<Arc<dyn ChildSetup>>,
+    /// For a tty: the `ptmx` of the devpts instance the process will see as /dev/pts
+    /// (the container's own), instead of the guest's /dev/ptmx, so that its terminal is
+    /// a /dev/pts/N of its own instance (`tty`, `ttyname` work inside).
+    pub ptmx: Option<std::path::PathBuf>,
 }
 
 /// Counts output relays still running.
@@ -372,6 +409,8 @@ const STEP_EXEC: u32 = 8;
 const STEP_CHROOT: u32 = 9;
 /// Not a failure: a gated child found its executable and waits for the gate.
 const STEP_PARKED: u32 = 10;
+/// Step `n` of the [`ChildSetup`] is reported as `STEP_SETUP + n`.
+const STEP_SETUP: u32 = 1 << 16;
 
 /// Everything the child needs, built before `fork` (no allocation after it).
 struct ExecPlan {
@@ -389,6 +428,9 @@ struct ExecPlan {
     /// The start gate's ends (read, write), for a gated child: it closes its copy of the
     /// write end so that the agent dropping the gate is EOF.
     gate: Option<(RawFd, RawFd)>,
+    clone_flags: libc::c_int,
+    pid_namespace: Option<Arc<OwnedFd>>,
+    setup: Option<Arc<dyn ChildSetup>>,
 }
 
 fn cstring(what: &str, s: &[u8]) -> Result<CString, AgentError> {
@@ -455,6 +497,9 @@ fn plan(process: &Process) -> Result<ExecPlan, AgentError> {
         umask: user.umask(),
         root: None,
         gate: None,
+        clone_flags: 0,
+        pid_namespace: None,
+        setup: None,
     })
 }
 
@@ -522,6 +567,9 @@ pub fn spawn_with(
     if let Some(root) = &options.root {
         plan.root = Some(cstring("root path", root.as_os_str().as_bytes())?);
     }
+    plan.clone_flags = options.clone_flags;
+    plan.pid_namespace = options.pid_namespace.clone();
+    plan.setup = options.setup.clone();
     let (err_r, err_w) = pipe()?;
     let gate = if options.start_gated {
         let (gate_r, gate_w) = pipe()?;
@@ -582,8 +630,11 @@ pub fn spawn_with(
                     ws_xpixel: 0,
                     ws_ypixel: 0,
                 };
-                let pty = nix::pty::openpty(Some(&ws), None)
-                    .map_err(|e| AgentError::internal(format!("openpty: {}", errno_text(e))))?;
+                let pty = match &options.ptmx {
+                    Some(ptmx) => open_pty(ptmx, &ws)?,
+                    None => nix::pty::openpty(Some(&ws), None)
+                        .map_err(|e| AgentError::internal(format!("openpty: {}", errno_text(e))))?,
+                };
                 set_cloexec(pty.master.as_raw_fd())?;
                 set_cloexec(pty.slave.as_raw_fd())?;
                 tty_stream = Some(File::from(stream));
@@ -671,6 +722,48 @@ pub fn spawn_with(
         });
     }
     Ok(child)
+}
+
+/// `openpty` on a given devpts instance: its master from `ptmx`, the slave through
+/// TIOCGPTPEER (no path lookup, so the instance need not be mounted at /dev/pts here).
+fn open_pty(
+    ptmx: &std::path::Path,
+    ws: &libc::winsize,
+) -> Result<nix::pty::OpenptyResult, AgentError> {
+    let fail = |what: &str, e: Errno| {
+        AgentError::internal(format!("{what} ({}): {}", ptmx.display(), errno_text(e)))
+    };
+    let path = cstring("ptmx path", ptmx.as_os_str().as_bytes())?;
+    // SAFETY: plain syscalls on fds we own; each is wrapped in an OwnedFd at once.
+    unsafe {
+        let m = libc::open(
+            path.as_ptr(),
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if m < 0 {
+            return Err(fail("opening the pty master", Errno::last()));
+        }
+        let master = OwnedFd::from_raw_fd(m);
+        let unlock: libc::c_int = 0;
+        if libc::ioctl(m, libc::TIOCSPTLCK, &unlock) != 0 {
+            return Err(fail("unlocking the pty", Errno::last()));
+        }
+        if libc::ioctl(m, libc::TIOCSWINSZ, ws) != 0 {
+            return Err(fail("sizing the pty", Errno::last()));
+        }
+        let s = libc::ioctl(
+            m,
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC,
+        );
+        if s < 0 {
+            return Err(fail("opening the pty slave", Errno::last()));
+        }
+        Ok(nix::pty::OpenptyResult {
+            master,
+            slave: OwnedFd::from_raw_fd(s),
+        })
+    }
 }
 
 fn clamp16(v: u64) -> u16 {
@@ -767,15 +860,7 @@ fn fork_exec(
     let is_root = unsafe { libc::geteuid() } == 0;
     let (cur_uid, cur_gid) = unsafe { (libc::getuid(), libc::getgid()) };
 
-    // SAFETY: the child below only makes async-signal-safe calls on data prepared before
-    // the fork, then execs or _exits.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(AgentError::internal(format!(
-            "fork: {}",
-            errno_text(Errno::last())
-        )));
-    }
+    let pid = fork_in(plan)?;
     if pid == 0 {
         // SAFETY: see above; this never returns.
         unsafe {
@@ -806,6 +891,66 @@ fn fork_exec(
     // SAFETY: plain syscall on our own child.
     while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 && Errno::last() == Errno::EINTR {}
     Err(exec_error(plan, step, errno))
+}
+
+/// Forks (or clones with `plan.clone_flags`), inside `plan.pid_namespace` if given: this
+/// thread enters it for the fork and returns to its own right after, so no other spawn
+/// is affected. Returns the child's pid as the agent sees it (0 in the child).
+fn fork_in(plan: &ExecPlan) -> Result<i32, AgentError> {
+    let own_ns = match &plan.pid_namespace {
+        Some(ns) => {
+            let own = File::open("/proc/self/ns/pid")
+                .map_err(|e| AgentError::internal(format!("open /proc/self/ns/pid: {e}")))?;
+            // SAFETY: plain syscall on an fd we own; only this thread's children are
+            // affected (pid_for_children).
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+                return Err(AgentError::internal(format!(
+                    "entering the container's pid namespace: {}",
+                    errno_text(Errno::last())
+                )));
+            }
+            Some(own)
+        }
+        None => None,
+    };
+    let pid = if plan.clone_flags != 0 {
+        // SAFETY: clone without CLONE_VM and without a new stack is fork with flags: the
+        // child gets a copy of this address space and only makes async-signal-safe calls.
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            ) as i32
+        }
+    } else {
+        // SAFETY: the child only makes async-signal-safe calls on data prepared before the
+        // fork, then execs or _exits.
+        unsafe { libc::fork() }
+    };
+    if pid == 0 {
+        return Ok(0);
+    }
+    let fork_errno = Errno::last();
+    if let Some(own) = own_ns {
+        // SAFETY: plain syscall: back to the agent's own pid namespace for later children.
+        if unsafe { libc::setns(own.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            eprintln!(
+                "husk-protocol: cannot return to the agent's pid namespace: {}",
+                errno_text(Errno::last())
+            );
+        }
+    }
+    if pid < 0 {
+        return Err(AgentError::internal(format!(
+            "fork: {}",
+            errno_text(fork_errno)
+        )));
+    }
+    Ok(pid)
 }
 
 /// Reads the child's (step, errno) report; `None` when the pipe closed without one (the
@@ -840,6 +985,9 @@ fn read_exec_report(err_r: &File) -> Result<Option<(u32, Errno)>, AgentError> {
 }
 
 fn exec_error(plan: &ExecPlan, step: u32, errno: Errno) -> AgentError {
+    if let (Some(setup), Some(n)) = (&plan.setup, step.checked_sub(STEP_SETUP)) {
+        return setup.describe(n, errno);
+    }
     let text = errno_text(errno);
     match step {
         STEP_EXEC => match errno {
@@ -959,8 +1107,10 @@ unsafe fn child_after_fork(
             fail(STEP_DUP, errno());
         }
     }
-    if let Some(mask) = plan.umask {
-        libc::umask(mask as libc::mode_t);
+    if let Some(setup) = &plan.setup {
+        if let Err((step, e)) = setup.run(SetupPhase::BeforeUser) {
+            fail(STEP_SETUP + step, e);
+        }
     }
     if let Some(root) = &plan.root {
         if libc::chroot(root.as_ptr()) < 0 || libc::chdir(c"/".as_ptr()) < 0 {
@@ -985,8 +1135,16 @@ unsafe fn child_after_fork(
             fail(STEP_UID, errno());
         }
     }
+    if let Some(mask) = plan.umask {
+        libc::umask(mask as libc::mode_t);
+    }
     if libc::chdir(plan.cwd.as_ptr()) < 0 {
         fail(STEP_CWD, errno());
+    }
+    if let Some(setup) = &plan.setup {
+        if let Err((step, e)) = setup.run(SetupPhase::AfterUser) {
+            fail(STEP_SETUP + step, e);
+        }
     }
     if let Some((gate, gate_open)) = plan.gate {
         libc::close(gate_open);

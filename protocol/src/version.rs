@@ -17,7 +17,10 @@ use std::io::{Read, Write};
 use crate::frame::{read_full, ProtocolError};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// History: 1 = the first agent (containers were chroots); 2 = `ListProcesses`, and
+/// `Signal { all }` / the end of the init mean the container's pid namespace.
+pub const PROTOCOL_VERSION: u32 = 2;
 /// First bytes of every connection.
 pub const MAGIC: [u8; 4] = *b"HUSK";
 /// Length of the hello: magic + version.

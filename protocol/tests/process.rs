@@ -381,6 +381,7 @@ fn a_gated_child_execs_only_when_started() {
     let gated = SpawnOptions {
         root: None,
         start_gated: true,
+        ..Default::default()
     };
     let child = spawn_with(
         reaper(),
@@ -445,6 +446,7 @@ fn a_root_is_chrooted_into() {
         &SpawnOptions {
             root: Some(dir.clone()),
             start_gated: false,
+            ..Default::default()
         },
     );
     let out = child.as_ref().map(|_| read_all(host_out));

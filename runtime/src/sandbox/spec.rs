@@ -1,8 +1,14 @@
 //! The OCI spec for running one command in a sandbox's rootfs (`husk vm run`): runc's
 //! defaults (oci-spec's `Spec::default()`), with the root at the guest path where the
 //! rootfs share is mounted and the process the caller asked for.
+//!
+//! One change to the defaults: no pid namespace. The command is the user's own process,
+//! as under `chroot`: the init of a pid namespace ignores every signal it has no handler
+//! for (`husk vm run -- sleep 100` would shrug off the SIGTERM husk forwards), and the
+//! VM already holds nothing else. Everything else (mount, uts, ipc, cgroup namespaces,
+//! mounts, masked paths, capabilities, rlimits, no_new_privs) is the OCI default.
 
-use oci_spec::runtime::{BoxBuilder, Process, Root, Spec};
+use oci_spec::runtime::{BoxBuilder, LinuxNamespaceType, Process, Root, Spec};
 
 /// `$PATH` of the process (the OCI/runc default).
 pub const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -47,6 +53,13 @@ pub fn command_spec(root_path: &str, hostname: &str, command: &Command) -> Spec 
     spec.set_process(Some(process));
     spec.set_root(Some(root));
     spec.set_hostname(Some(hostname.to_string()));
+    if let Some(namespaces) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        namespaces.retain(|n| n.typ() != LinuxNamespaceType::Pid);
+    }
     spec
 }
 
@@ -68,6 +81,19 @@ mod tests {
             Some("/run/husk/rootfs")
         );
         assert_eq!(spec.hostname().as_deref(), Some("sb"));
+        let namespaces = spec
+            .linux()
+            .as_ref()
+            .unwrap()
+            .namespaces()
+            .as_ref()
+            .unwrap();
+        assert!(namespaces
+            .iter()
+            .all(|n| n.typ() != LinuxNamespaceType::Pid));
+        assert!(namespaces
+            .iter()
+            .any(|n| n.typ() == LinuxNamespaceType::Mount));
         let p = spec.process().as_ref().unwrap();
         assert_eq!(p.args().as_ref().unwrap(), &cmd.args);
         let env = p.env().as_ref().unwrap();
