@@ -444,10 +444,9 @@ fn a_create_that_fails_logs_json_and_leaves_nothing() {
     let s = Scratch::new("create");
     // A bind mount whose source is missing fails before any VM boots.
     let b = s.bundle("b", |c| {
-        c["mounts"]
-            .as_array_mut()
-            .unwrap()
-            .push(json!({"destination": "/data", "type": "bind", "source": "/nonexistent/husk-src"}))
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/data", "type": "bind", "source": "/nonexistent/husk-src"}),
+        )
     });
     let log = s.dir.join("log.json");
     let pid_file = s.dir.join("pid");

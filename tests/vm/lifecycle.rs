@@ -135,19 +135,6 @@ impl Scratch {
         self.state(id)["status"].as_str().unwrap().to_string()
     }
 
-    /// Waits until `id`'s status is `want`.
-    fn wait_status(&self, id: &str, want: &str) {
-        let deadline = Instant::now() + CMD_DEADLINE;
-        loop {
-            let now = self.status(id);
-            if now == want {
-                return;
-            }
-            assert!(Instant::now() < deadline, "{id} stayed {now}, want {want}");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
     /// The container's stdout so far (`<id>.out`).
     fn output(&self, id: &str) -> String {
         std::fs::read_to_string(self.dir.join(format!("{id}.out"))).unwrap_or_default()
@@ -303,18 +290,23 @@ fn run_reports_the_exit_status() {
     let mut tokens = Vec::new();
     for (id, args, want) in cases {
         let b = s.bundle(id, args, |_| {});
-        let run = s.husk_files(id, &["run", "--bundle", b.to_str().unwrap(), id], BOOT_DEADLINE);
-        println!("run {id}: exit {:?} in {:?}", run.status.code(), run.elapsed);
+        let run = s.husk_files(
+            id,
+            &["run", "--bundle", b.to_str().unwrap(), id],
+            BOOT_DEADLINE,
+        );
+        println!(
+            "run {id}: exit {:?} in {:?}",
+            run.status.code(),
+            run.elapsed
+        );
         assert_eq!(code(&run), want, "{run:#?}");
         if id == "three" {
             assert_eq!(run.stdout, "out\n");
             assert_eq!(run.stderr, "err\n");
         }
         if id == "missing" {
-            assert!(
-                run.stderr.contains("executable file not found"),
-                "{run:#?}"
-            );
+            assert!(run.stderr.contains("executable file not found"), "{run:#?}");
         }
         tokens.push(run.token);
     }
@@ -361,7 +353,10 @@ fn a_sigkilled_monitor_means_stopped_and_delete_cleans_up() {
     assert_eq!(wait_monitor(pid), 137);
     assert_eq!(s.status("c1"), "stopped");
     let dir = s.root().join("c1");
-    assert!(dir.join("monitor.sock").exists(), "the dead monitor's socket");
+    assert!(
+        dir.join("monitor.sock").exists(),
+        "the dead monitor's socket"
+    );
     s.husk(&["delete", "c1"]).assert_success();
     s.assert_clean(&[&create.token]);
 }
@@ -369,7 +364,11 @@ fn a_sigkilled_monitor_means_stopped_and_delete_cleans_up() {
 #[test]
 fn two_containers_pause_resume() {
     let s = Scratch::new("pause");
-    let counter = ["sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done"];
+    let counter = [
+        "sh",
+        "-c",
+        "i=0; while :; do i=$((i+1)); echo $i; sleep 0.2; done",
+    ];
     let b = s.bundle("b", &counter, |_| {});
     let (c1, pid1) = s.create("c1", &b);
     let (c2, pid2) = s.create("c2", &b);
@@ -385,7 +384,10 @@ fn two_containers_pause_resume() {
     let other = s.output("c2");
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(s.output("c1"), frozen, "a paused container made progress");
-    assert!(s.output("c2").len() > other.len(), "the other one stopped too");
+    assert!(
+        s.output("c2").len() > other.len(),
+        "the other one stopped too"
+    );
     let refused = s.husk(&["pause", "c1"]);
     assert!(!refused.status.success(), "{refused:#?}");
 
@@ -546,11 +548,21 @@ fn bind_mounts_of_a_file_and_a_dir() {
                 "source": vol, "options": ["rbind", "rw"]}));
         },
     );
-    let run = s.husk_files("b", &["run", "--bundle", b.to_str().unwrap(), "b"], BOOT_DEADLINE);
+    let run = s.husk_files(
+        "b",
+        &["run", "--bundle", b.to_str().unwrap(), "b"],
+        BOOT_DEADLINE,
+    );
     assert_eq!(code(&run), 0, "{run:#?}");
-    assert_eq!(run.stdout, "10.0.0.1 husk-host\nfrom the host\n", "{run:#?}");
+    assert_eq!(
+        run.stdout, "10.0.0.1 husk-host\nfrom the host\n",
+        "{run:#?}"
+    );
     assert_eq!(std::fs::read_to_string(vol.join("out")).unwrap(), "back\n");
-    assert_eq!(std::fs::read_to_string(&file).unwrap(), "10.0.0.1 husk-host\n");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap(),
+        "10.0.0.1 husk-host\n"
+    );
     s.assert_clean(&[&run.token]);
 }
 

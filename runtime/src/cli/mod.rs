@@ -249,10 +249,6 @@ pub fn main(started: Instant) -> ExitCode {
         let _ = Cli::command().print_help();
         return ExitCode::SUCCESS;
     };
-    if let Command::SandboxMonitor(args) = command {
-        // Its own process: no log, and its status is the container's.
-        return ExitCode::from(sandbox_monitor::run(args).clamp(0, 255) as u8);
-    }
     let log = match Logger::open(
         cli.global.log.as_deref(),
         cli.global.log_format,
@@ -290,7 +286,8 @@ pub fn main(started: Instant) -> ExitCode {
         Command::Features(a) => features::run(a, &ctx),
         Command::Vm(VmCommand::Boot(args)) => vm_boot::run(args, started).map(|()| 0),
         Command::Vm(VmCommand::Run(args)) => vm_run::run(args, started).map(i32::from),
-        Command::SandboxMonitor(_) => unreachable!("handled above"),
+        // The container's host process: its status is the container's.
+        Command::SandboxMonitor(args) => Ok(sandbox_monitor::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

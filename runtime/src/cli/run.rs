@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::Args;
 
 use super::create::CreateArgs;
-use crate::oci::{BackendError, RuntimeError};
 use super::Context;
+use crate::oci::{BackendError, RuntimeError};
 
 #[derive(Debug, Args)]
 pub struct RunArgs {

@@ -22,7 +22,9 @@ pub const CGROUPS_FILE: &str = "cgroups.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
-    #[error("linux.cgroupsPath {0:?}: want an absolute path, a relative one, or slice:prefix:name")]
+    #[error(
+        "linux.cgroupsPath {0:?}: want an absolute path, a relative one, or slice:prefix:name"
+    )]
     BadPath(String),
     #[error("cannot read /proc/self/mountinfo: {0}")]
     Mountinfo(io::Error),
@@ -159,8 +161,7 @@ fn inherit_cpuset(dir: &Path) -> Result<(), CgroupError> {
 /// the created directories are listed in `record` (before joining) for [`remove`].
 pub fn join(cgroups_path: &str, record: &Path) -> Result<(), CgroupError> {
     let path = resolve(cgroups_path)?;
-    let mountinfo =
-        fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").map_err(CgroupError::Mountinfo)?;
     let hierarchies = hierarchies(&mountinfo);
     let relative = path.strip_prefix("/").unwrap_or(&path);
     let mut created: Vec<PathBuf> = Vec::new();
@@ -235,7 +236,10 @@ mod tests {
     #[test]
     fn paths_as_runc_places_them() {
         let r = |p: &str| resolve(p).map(|p| p.display().to_string());
-        assert_eq!(r("/libpod_parent/libpod-abc").unwrap(), "/libpod_parent/libpod-abc");
+        assert_eq!(
+            r("/libpod_parent/libpod-abc").unwrap(),
+            "/libpod_parent/libpod-abc"
+        );
         assert_eq!(r("default/c1").unwrap(), "/default/c1");
         assert_eq!(
             r("machine.slice:libpod:abc").unwrap(),
@@ -261,7 +265,10 @@ mod tests {
 31 25 0:28 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 32 0 0:29 / /proc rw - proc proc rw";
         let h = hierarchies(text);
-        let points: Vec<_> = h.iter().map(|h| h.mount_point.display().to_string()).collect();
+        let points: Vec<_> = h
+            .iter()
+            .map(|h| h.mount_point.display().to_string())
+            .collect();
         assert_eq!(
             points,
             [

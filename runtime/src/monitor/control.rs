@@ -25,7 +25,10 @@ pub enum MonitorRequest {
     /// Let the init run.
     Start,
     /// Signal the init, or with `all` every process of the container.
-    Kill { signal: i32, all: bool },
+    Kill {
+        signal: i32,
+        all: bool,
+    },
     /// Freeze the whole VM.
     Pause,
     Resume,
@@ -124,10 +127,20 @@ mod tests {
     #[test]
     fn a_message_is_one_json_line_up_to_eof() {
         let (a, b) = UnixStream::pair().unwrap();
-        write_message(&a, &MonitorRequest::Kill { signal: 15, all: true }).unwrap();
+        write_message(
+            &a,
+            &MonitorRequest::Kill {
+                signal: 15,
+                all: true,
+            },
+        )
+        .unwrap();
         assert_eq!(
             read_message::<MonitorRequest>(&b).unwrap(),
-            MonitorRequest::Kill { signal: 15, all: true }
+            MonitorRequest::Kill {
+                signal: 15,
+                all: true
+            }
         );
         let answer = MonitorResponse::Error {
             kind: Some(ErrorKind::ExecutableNotFound),

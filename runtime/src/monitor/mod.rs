@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use husk_protocol::{AgentError, ErrorKind, ProcessRef, ProtocolError, StdioConfig, StreamKind};
+use husk_protocol::{AgentError, ProcessRef, ProtocolError, StdioConfig, StreamKind};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use crate::sandbox::stdio::{relay, std_fd};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError, Share};
 use binds::BindSource;
-use control::{MonitorRequest, MonitorResponse};
+use control::{MonitorRequest, MonitorResponse, ProcessEntry};
 
 /// The monitor's configuration, written by `husk create` in the state directory.
 pub const CONFIG_FILE: &str = "monitor.json";
@@ -92,7 +92,7 @@ pub enum MonitorError {
     Listen { path: PathBuf, source: io::Error },
     #[error("cannot set up the monitor's signal handling: {0}")]
     Signals(String),
-    #[error("cannot boot the container's VM: {0}")]
+    #[error(transparent)]
     Sandbox(#[from] SandboxError),
 }
 
@@ -452,7 +452,13 @@ impl Monitor {
                 StreamKind::Stdout | StreamKind::Stderr => {
                     outputs += 1;
                     let fd = if kind == StreamKind::Stdout { 1 } else { 2 };
-                    relay("husk-output", stream, std_fd(fd), Some(done_tx.clone()), || {})
+                    relay(
+                        "husk-output",
+                        stream,
+                        std_fd(fd),
+                        Some(done_tx.clone()),
+                        || {},
+                    )
                 }
                 StreamKind::Tty => Ok(()),
             };
@@ -488,9 +494,24 @@ impl Monitor {
 }
 
 /// The container's processes, from the agent.
-fn list_processes(_sandbox: &Sandbox, _id: &str) -> MonitorResponse {
-    MonitorResponse::Error {
-        kind: Some(ErrorKind::Unsupported),
-        message: "this agent cannot list a container's processes yet".into(),
+fn list_processes(sandbox: &Sandbox, id: &str) -> MonitorResponse {
+    let listed = sandbox
+        .agent()
+        .control()
+        .map_err(|e| failure(e.to_string()))
+        .and_then(|mut c| {
+            c.list_processes(id)
+                .map_err(|e| protocol_error("list the container's processes", e))
+        });
+    match listed {
+        Ok(list) => MonitorResponse::Processes(
+            list.into_iter()
+                .map(|p| ProcessEntry {
+                    pid: p.pid,
+                    command: p.command,
+                })
+                .collect(),
+        ),
+        Err(r) => r,
     }
 }

@@ -397,8 +397,15 @@ fn vm_from_limits(spec: &Spec, host_cpus: u32) -> VmResources {
         return vm;
     };
     if let Some(cpu) = resources.cpu() {
-        let period = cpu.period().filter(|p| *p > 0).unwrap_or(DEFAULT_CPU_PERIOD_US);
-        if let Some(quota) = cpu.quota().and_then(|q| u64::try_from(q).ok()).filter(|q| *q > 0) {
+        let period = cpu
+            .period()
+            .filter(|p| *p > 0)
+            .unwrap_or(DEFAULT_CPU_PERIOD_US);
+        if let Some(quota) = cpu
+            .quota()
+            .and_then(|q| u64::try_from(q).ok())
+            .filter(|q| *q > 0)
+        {
             let cpus = quota.div_ceil(period);
             vm.vcpus = u32::try_from(cpus)
                 .unwrap_or(u32::MAX)
@@ -552,10 +559,19 @@ mod tests {
         };
         assert_eq!(sized(json!({}), 8), (1, 128));
         // 1.5 CPUs -> 2 vCPUs; 3 CPUs on a 2-CPU host -> 2; no period: runc's 100 ms.
-        assert_eq!(sized(json!({"cpu": {"quota": 150000, "period": 100000}}), 8).0, 2);
-        assert_eq!(sized(json!({"cpu": {"quota": 300000, "period": 100000}}), 2).0, 2);
+        assert_eq!(
+            sized(json!({"cpu": {"quota": 150000, "period": 100000}}), 8).0,
+            2
+        );
+        assert_eq!(
+            sized(json!({"cpu": {"quota": 300000, "period": 100000}}), 2).0,
+            2
+        );
         assert_eq!(sized(json!({"cpu": {"quota": 50000}}), 8).0, 1);
-        assert_eq!(sized(json!({"cpu": {"quota": -1, "period": 100000}}), 8).0, 1);
+        assert_eq!(
+            sized(json!({"cpu": {"quota": -1, "period": 100000}}), 8).0,
+            1
+        );
         // 256 MiB -> 256 + overhead; a tiny limit still gets the minimum.
         assert_eq!(
             sized(json!({"memory": {"limit": 256 << 20}}), 8).1,

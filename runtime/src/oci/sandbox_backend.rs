@@ -22,7 +22,7 @@ use crate::monitor::{binds, cgroup, MonitorConfig, CONFIG_FILE, SANDBOX_ID};
 use crate::sandbox::ROOTFS_GUEST_PATH;
 
 /// How long the agent has to come up (the test bed is slow; a real host takes ~100 ms).
-const READY_TIMEOUT_SECS: u64 = 120;
+const READY_TIMEOUT_SECS: u64 = 240;
 /// How long `create` waits for the monitor's report: the agent's deadline plus setup.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(READY_TIMEOUT_SECS + 30);
 /// How long a request to the monitor may take (building a container included).
@@ -44,7 +44,11 @@ fn failed(what: &str, message: impl Into<String>) -> BackendError {
 }
 
 /// Sends `request` to the container's monitor; an error answer becomes the error.
-fn call(container: &Container, what: &str, request: MonitorRequest) -> Result<MonitorResponse, BackendError> {
+fn call(
+    container: &Container,
+    what: &str,
+    request: MonitorRequest,
+) -> Result<MonitorResponse, BackendError> {
     match control::call(&container.dir, &request, REQUEST_TIMEOUT) {
         Ok(MonitorResponse::Error { message, .. }) => Err(failed(what, message)),
         Ok(r) => Ok(r),
@@ -140,6 +144,20 @@ fn clean_state_dir(dir: &Path) -> Result<(), BackendError> {
     Ok(())
 }
 
+/// Namespace paths name the host's namespaces (podman's `/run/netns/...`), which the
+/// guest does not have: the container gets fresh namespaces of those types in its VM.
+fn drop_namespace_paths(spec: &mut oci_spec::runtime::Spec) {
+    if let Some(namespaces) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.namespaces_mut().as_mut())
+    {
+        for ns in namespaces.iter_mut() {
+            ns.set_path(None);
+        }
+    }
+}
+
 impl SandboxBackend {
     /// The monitor's configuration for this container.
     fn monitor_config(request: &CreateRequest<'_>) -> Result<MonitorConfig, BackendError> {
@@ -148,6 +166,7 @@ impl SandboxBackend {
         let mut spec = request.bundle.spec.clone();
         let binds =
             binds::plan(&mut spec, &request.bundle.dir).map_err(|e| failed(what, e.to_string()))?;
+        drop_namespace_paths(&mut spec);
         let mut root = spec.root().clone().unwrap_or_default();
         root.set_path(PathBuf::from(ROOTFS_GUEST_PATH));
         spec.set_root(Some(root));
@@ -187,9 +206,14 @@ impl SandboxBackend {
             .stdin(Stdio::inherit())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+        // SAFETY: only async-signal-safe calls (sigprocmask, dup2, fcntl) between fork
+        // and exec.
         unsafe {
             command.pre_exec(move || {
+                // Whatever this husk blocked, the monitor starts with every signal open.
+                let mut none: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut none);
+                libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
                 if write_fd == READY_FD {
                     if libc::fcntl(READY_FD, libc::F_SETFD, 0) != 0 {
                         return Err(io::Error::last_os_error());
@@ -256,7 +280,11 @@ impl Backend for SandboxBackend {
         Self::spawn_monitor(request.state_dir)
     }
 
-    fn build(&self, container: &Container, request: &CreateRequest<'_>) -> Result<(), BackendError> {
+    fn build(
+        &self,
+        container: &Container,
+        request: &CreateRequest<'_>,
+    ) -> Result<(), BackendError> {
         let what = "cannot build the container";
         let program = || {
             request
@@ -286,7 +314,11 @@ impl Backend for SandboxBackend {
     }
 
     fn start(&self, container: &Container) -> Result<(), BackendError> {
-        call_ok(container, "cannot start the container", MonitorRequest::Start)
+        call_ok(
+            container,
+            "cannot start the container",
+            MonitorRequest::Start,
+        )
     }
 
     fn kill(&self, container: &Container, signal: Signal, all: bool) -> Result<(), BackendError> {
@@ -298,11 +330,19 @@ impl Backend for SandboxBackend {
     }
 
     fn pause(&self, container: &Container) -> Result<(), BackendError> {
-        call_ok(container, "cannot pause the container", MonitorRequest::Pause)
+        call_ok(
+            container,
+            "cannot pause the container",
+            MonitorRequest::Pause,
+        )
     }
 
     fn resume(&self, container: &Container) -> Result<(), BackendError> {
-        call_ok(container, "cannot resume the container", MonitorRequest::Resume)
+        call_ok(
+            container,
+            "cannot resume the container",
+            MonitorRequest::Resume,
+        )
     }
 
     fn exec(&self, _: &Container, _: &ExecRequest<'_>) -> Result<HostProcess, BackendError> {
@@ -328,5 +368,46 @@ impl Backend for SandboxBackend {
 
     fn destroy(&self, container: &Container) -> Result<(), BackendError> {
         clean_state_dir(&container.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn host_namespace_paths_become_fresh_guest_namespaces() {
+        let mut spec: oci_spec::runtime::Spec = serde_json::from_value(json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": [
+                {"type": "pid"},
+                {"type": "network", "path": "/run/netns/netns-1234"}
+            ]}
+        }))
+        .unwrap();
+        drop_namespace_paths(&mut spec);
+        let value = serde_json::to_value(&spec).unwrap();
+        assert_eq!(
+            value["linux"]["namespaces"],
+            json!([{"type": "pid"}, {"type": "network"}])
+        );
+    }
+
+    #[test]
+    fn the_monitor_report_is_read_to_eof_within_the_deadline() {
+        let (read, write) = pipe().unwrap();
+        let mut w = fs::File::from(write);
+        std::io::Write::write_all(&mut w, b"error the guest agent was not ready\n").unwrap();
+        drop(w);
+        let report = read_report(read, Instant::now() + Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            report.as_deref(),
+            Some("error the guest agent was not ready\n")
+        );
+        let (read, _write) = pipe().unwrap();
+        let report = read_report(read, Instant::now() + Duration::from_millis(50)).unwrap();
+        assert_eq!(report, None);
     }
 }
