@@ -49,6 +49,9 @@ pub const CONFIG_FILE: &str = "monitor.json";
 pub const SANDBOX_ID: &str = "vm";
 /// How long stdout/stderr may keep flowing after the init exited.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+/// Bound on one agent request (building a container on a loaded emulated test host
+/// took over a minute; natively milliseconds): only a stuck agent ever reaches it.
+pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 /// How long the vCPUs get to stop for a pause.
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
@@ -168,6 +171,7 @@ fn boot(state_dir: &Path, events: mpsc::Sender<Event>) -> Result<Monitor, Monito
     sandbox_config.memory_mib = config.memory_mib;
     sandbox_config.state_root = state_dir.to_path_buf();
     sandbox_config.ready_timeout = Duration::from_secs(config.ready_timeout_secs);
+    sandbox_config.request_timeout = AGENT_REQUEST_TIMEOUT;
     if !config.binds.is_empty() {
         sandbox_config.shares.push(Share {
             tag: binds::BINDS_TAG.into(),

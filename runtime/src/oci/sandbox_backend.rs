@@ -25,8 +25,9 @@ use crate::sandbox::ROOTFS_GUEST_PATH;
 const READY_TIMEOUT_SECS: u64 = 240;
 /// How long `create` waits for the monitor's report: the agent's deadline plus setup.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(READY_TIMEOUT_SECS + 30);
-/// How long a request to the monitor may take (building a container included).
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a request to the monitor may take: longer than its own agent requests.
+const REQUEST_TIMEOUT: Duration =
+    Duration::from_secs(crate::monitor::AGENT_REQUEST_TIMEOUT.as_secs() + 30);
 /// The fd number the monitor gets its ready pipe on.
 const READY_FD: i32 = 3;
 /// The hidden subcommand that runs the monitor.
