@@ -1,9 +1,9 @@
-//! The agent's request handling against real processes in a real chroot: an `Agent`
+//! The agent's request handling against real processes in real containers: an `Agent`
 //! served over unix socket pairs, a busybox rootfs built in a temp dir from this
 //! machine's busybox-static, the host side spoken with the protocol crate's `Client`.
 //!
-//! Its own main instead of libtest: the agent mounts proc, sysfs and the /dev bind inside
-//! the rootfs, so the process first moves to a private mount namespace (which `unshare`
+//! Its own main instead of libtest: the agent binds container roots and mounts devpts
+//! instances, so the process first moves to a private mount namespace (which `unshare`
 //! only allows while single-threaded) and becomes a child subreaper (the agent is PID 1
 //! in the guest; here orphans must come to us). Needs root, like the agent.
 
@@ -71,6 +71,7 @@ fn main() {
                 stream_wait: Duration::from_secs(2),
                 containers_dir: dir.join("containers"),
                 cgroup_root: None,
+                pid_namespaces: true,
             },
         )),
         rootfs,
@@ -91,6 +92,7 @@ fn main() {
         ),
         ("missing_command_is_127", missing_command_is_127),
         ("env_cwd_user_applied", env_cwd_user_applied),
+        ("oci_semantics_applied", oci_semantics_applied),
         ("orphans_are_reaped", orphans_are_reaped),
         ("errors_are_clear", errors_are_clear),
         ("stream_errors", stream_errors),
@@ -657,6 +659,80 @@ fn env_cwd_user_applied(env: &Env) {
     c.start_container(&id).unwrap();
     assert_eq!(read_all(out), "hello\n/bin\n1234\n567\n");
     assert_eq!(wait(env, init), ExitStatus::Exited(0));
+}
+
+/// The OCI parts beyond the process core: hostname, pid namespace, capabilities,
+/// no_new_privs, rlimits, masked and read-only paths, seccomp; an exec joins it all.
+fn oci_semantics_applied(env: &Env) {
+    let script = r#"
+        echo "host=$(hostname)"
+        echo "pid=$$"
+        sed -n 's/^\(CapEff\|CapBnd\|NoNewPrivs\|Seccomp\):\s*/\1=/p' /proc/self/status
+        echo "nofile=$(ulimit -n)"
+        echo "version=$( (wc -c < /proc/version) 2>&1)"
+        echo "procsys=$( (echo x > /proc/sys/kernel/domainname) 2>&1)"
+        echo "mkdir=$( (mkdir /dev/shm/d) 2>&1)"
+        echo end
+        sleep 100
+    "#;
+    let mut v = serde_json::to_value(spec(env, process(&["sh", "-c", script]))).unwrap();
+    v["linux"]["maskedPaths"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!("/proc/version"));
+    v["hostname"] = serde_json::json!("agent-test");
+    let caps = serde_json::json!(["CAP_KILL", "CAP_CHOWN"]);
+    v["process"]["capabilities"] = serde_json::json!({
+        "bounding": caps, "effective": caps, "permitted": caps
+    });
+    v["process"]["rlimits"] =
+        serde_json::json!([{"type": "RLIMIT_NOFILE", "hard": 321, "soft": 321}]);
+    v["process"]["noNewPrivileges"] = serde_json::json!(true);
+    v["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    let s: Spec = serde_json::from_value(v).unwrap();
+    let id = unique("oci");
+    let init = ProcessRef::init(id.as_str());
+    let mut out = open_stream(env, &init, StreamKind::Stdout);
+    let mut c = connect(env);
+    c.create_container(&id, s, OUT).unwrap();
+    c.start_container(&id).unwrap();
+    let text = read_until(&mut out, "end\n");
+    let field = |k: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
+            .unwrap_or_else(|| panic!("no {k} in {text:?}"))
+            .to_owned()
+    };
+    assert_eq!(field("host"), "agent-test");
+    assert_eq!(field("pid"), "1");
+    assert_eq!(field("CapEff"), "0000000000000021");
+    assert_eq!(field("CapBnd"), "0000000000000021");
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("Seccomp"), "2");
+    assert_eq!(field("nofile"), "321");
+    assert_eq!(field("version"), "0", "a masked file reads empty: {text}");
+    assert!(field("procsys").contains("Read-only"), "{text}");
+    assert!(field("mkdir").contains("Operation not permitted"), "{text}");
+    // An exec is in the same pid namespace, under the same filter.
+    let exec = ProcessRef::exec(id.as_str(), "x");
+    let s = open_streams(env, &exec, OUT_ERR);
+    let p = process(&[
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '; mkdir /dev/shm/e",
+    ]);
+    c.exec_process(&id, "x", p, OUT_ERR).unwrap();
+    assert!(read_all(s.stdout.unwrap()).starts_with("sh -c"));
+    assert!(read_all(s.stderr.unwrap()).contains("Operation not permitted"));
+    assert_eq!(wait(env, exec), ExitStatus::Exited(1));
+    let procs = c.list_processes(&id).unwrap();
+    assert_eq!(procs[0].pid, 1, "{procs:?}");
+    assert!(procs.iter().any(|p| p.command == "sleep 100"), "{procs:?}");
+    c.signal(init.clone(), libc::SIGKILL, true).unwrap();
+    assert_eq!(wait(env, init), ExitStatus::Signaled(libc::SIGKILL));
 }
 
 fn orphans_are_reaped(env: &Env) {

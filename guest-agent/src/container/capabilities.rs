@@ -144,7 +144,7 @@ pub fn steps(steps: &mut Steps, caps: Option<&LinuxCapabilities>) -> Result<(), 
         if ambient & (1 << n) != 0 {
             steps.after_user(
                 format!("raising ambient CAP_{}", name(n)),
-                Step::Prctl {
+                Step::PrctlBestEffort {
                     option: libc::PR_CAP_AMBIENT,
                     arg2: libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong,
                     arg3: n as libc::c_ulong,

@@ -56,6 +56,8 @@ pub struct CreateArgs<'a> {
     pub streams: Stdio,
     /// Where cgroup2 is (or gets) mounted; `None`: no cgroup (tests on a host).
     pub cgroup_root: Option<&'a Path>,
+    /// See `Settings::pid_namespaces`.
+    pub pid_namespaces: bool,
 }
 
 pub struct Container {
@@ -158,7 +160,10 @@ impl Container {
             .as_ref()
             .ok_or_else(|| invalid(format!("container {id}: the spec has no process")))?;
         check_terminal(process, args.stdio)?;
-        let namespaces = Namespaces::from_spec(spec);
+        let mut namespaces = Namespaces::from_spec(spec);
+        if !args.pid_namespaces {
+            namespaces.pid = namespaces::Ns::Guest;
+        }
         if spec.hostname().as_deref().is_some_and(|h| !h.is_empty()) && !namespaces.uts.is_own() {
             return Err(invalid(format!(
                 "container {id}: a hostname needs a UTS namespace of its own"

@@ -70,6 +70,13 @@ pub enum Step {
         arg2: libc::c_ulong,
         arg3: libc::c_ulong,
     },
+    /// `prctl` whose failure is ignored (raising an ambient capability that is not also
+    /// permitted and inheritable: runc ignores those too).
+    PrctlBestEffort {
+        option: libc::c_int,
+        arg2: libc::c_ulong,
+        arg3: libc::c_ulong,
+    },
     /// `capset` (version 3: two 32-bit halves of each set).
     Capset {
         effective: u64,
@@ -329,6 +336,16 @@ unsafe fn run_step(step: &Step) -> Result<(), i32> {
             0 as libc::c_ulong,
             0 as libc::c_ulong,
         ) as _),
+        Step::PrctlBestEffort { option, arg2, arg3 } => {
+            libc::prctl(
+                *option,
+                *arg2,
+                *arg3,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            );
+            Ok(())
+        }
         Step::Capset {
             effective,
             permitted,
