@@ -6,6 +6,7 @@
 pub mod assets;
 pub mod cli;
 pub mod initramfs;
+pub mod monitor;
 pub mod oci;
 pub mod sandbox;
 pub mod vmm;

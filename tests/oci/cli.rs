@@ -2,10 +2,10 @@
 //! spec, features, state/list/kill/delete/start on known and unknown containers,
 //! validation errors, the --log file, duplicate ids and lock contention.
 //!
-//! Containers that need a VM cannot be created yet (`create` says the VM backend is
-//! not wired); where a command under test needs an existing container, the test
-//! records one through the library's state store, with a real host process (a
-//! `sleep` child) standing in for the VMM where liveness matters.
+//! Containers that need a VM are created by the VM tests (tests/vm/lifecycle.rs); here,
+//! where a command under test needs an existing container, the test records one
+//! through the library's state store, with a real host process (a `sleep` child)
+//! standing in for the VM monitor where liveness matters.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -330,18 +330,19 @@ fn lifecycle_refusals() {
     for (args, code, needle) in refusals {
         assert_fails(&s.husk(args), code, needle);
     }
-    // Signalling a live container needs its VM: said plainly, nothing faked.
+    // Signalling a live container goes to its VM monitor; a stand-in has none: said
+    // plainly, nothing faked.
     for sig in ["9", "KILL", "SIGKILL"] {
         assert_fails(
             &s.husk(&["kill", "live", sig]),
             1,
-            "the VM backend is not wired yet",
+            "cannot reach the container's VM monitor",
         );
     }
     assert_fails(
         &s.husk(&["start", "live"]),
         1,
-        "the VM backend is not wired yet",
+        "cannot reach the container's VM monitor",
     );
     assert!(
         child.try_wait().unwrap().is_none(),
@@ -439,9 +440,14 @@ fn create_validates_the_bundle_and_leaves_nothing() {
 }
 
 #[test]
-fn create_says_the_vm_backend_is_missing_and_logs_json() {
+fn a_create_that_fails_logs_json_and_leaves_nothing() {
     let s = Scratch::new("create");
-    let b = s.bundle("b", |_| {});
+    // A bind mount whose source is missing fails before any VM boots.
+    let b = s.bundle("b", |c| {
+        c["mounts"].as_array_mut().unwrap().push(
+            json!({"destination": "/data", "type": "bind", "source": "/nonexistent/husk-src"}),
+        )
+    });
     let log = s.dir.join("log.json");
     let pid_file = s.dir.join("pid");
     std::fs::write(
@@ -460,7 +466,7 @@ fn create_says_the_vm_backend_is_missing_and_logs_json() {
             "c1",
         ],
     );
-    assert_fails(&run, 1, "the VM backend is not wired yet");
+    assert_fails(&run, 1, "bind source /nonexistent/husk-src does not exist");
     assert!(s.root_entries().is_empty(), "{:?}", s.root_entries());
     assert!(!pid_file.exists());
     let text = std::fs::read_to_string(&log).unwrap();
@@ -472,7 +478,7 @@ fn create_says_the_vm_backend_is_missing_and_logs_json() {
         v["msg"]
             .as_str()
             .unwrap()
-            .contains("the VM backend is not wired yet"),
+            .contains("bind source /nonexistent/husk-src does not exist"),
         "{v}"
     );
     let time = v["time"].as_str().unwrap();
@@ -481,7 +487,7 @@ fn create_says_the_vm_backend_is_missing_and_logs_json() {
     assert_fails(
         &s.husk(&["run", "--bundle", b.to_str().unwrap(), "c1"]),
         1,
-        "the VM backend is not wired yet",
+        "bind source /nonexistent/husk-src does not exist",
     );
 
     // Usage errors reach the log too.

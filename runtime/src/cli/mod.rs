@@ -19,6 +19,7 @@ pub mod pause;
 pub mod ps;
 pub mod resume;
 pub mod run;
+pub mod sandbox_monitor;
 pub mod spec;
 pub mod start;
 pub mod state;
@@ -105,6 +106,9 @@ pub enum Command {
     /// Work with microVMs directly.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// The host process of one container (spawned by create).
+    #[command(name = "sandbox-monitor", hide = true)]
+    SandboxMonitor(sandbox_monitor::MonitorArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -286,6 +290,8 @@ pub fn main(started: Instant) -> ExitCode {
         Command::Features(a) => features::run(a, &ctx),
         Command::Vm(VmCommand::Boot(args)) => vm_boot::run(args, started).map(|()| 0),
         Command::Vm(VmCommand::Run(args)) => vm_run::run(args, started).map(i32::from),
+        // The container's host process: its status is the container's.
+        Command::SandboxMonitor(args) => Ok(sandbox_monitor::run(args)),
     };
     match result {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),

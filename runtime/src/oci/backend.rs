@@ -13,8 +13,9 @@
 //! `exec` likewise returns a host process (a small proxy) that exits with the exec'd
 //! process's status.
 //!
-//! Until the microVM backend is wired in, [`Unwired`] is the backend: every operation
-//! that needs a VM fails with one clear sentence. Nothing is faked.
+//! [`super::sandbox_backend::SandboxBackend`] is the backend the CLI uses; [`Unwired`]
+//! remains for builds and tests without a VM: every operation that needs one fails with
+//! one clear sentence. Nothing is faked.
 
 use std::path::Path;
 
@@ -166,7 +167,7 @@ impl Backend for Unwired {
     }
 }
 
-/// The backend the CLI uses.
+/// The backend the CLI uses: one microVM per container.
 pub fn default_backend() -> Box<dyn Backend> {
-    Box::new(Unwired)
+    Box::new(super::sandbox_backend::SandboxBackend)
 }

@@ -82,9 +82,12 @@ pub const RLIMITS: &[&str] = &[
 pub const ANNOTATION_VCPUS: &str = "io.husk.vm.vcpus";
 /// Annotation: the container's VM gets this much memory, MiB.
 pub const ANNOTATION_MEMORY_MIB: &str = "io.husk.vm.memory_mib";
-/// The VM a container gets without annotations.
+/// The VM a container gets without annotations or resource limits.
 pub const DEFAULT_VCPUS: u32 = 1;
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
+/// Guest RAM added to a container's memory limit: the guest kernel and the agent live
+/// beside the container in the VM.
+pub const MEMORY_OVERHEAD_MIB: u64 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -343,14 +346,25 @@ pub fn check_process(process: &Value, at: &str) -> Vec<String> {
     problems
 }
 
-/// The VM sizing from the spec's annotations, checked against what the VMM accepts.
+/// The CFS period runc assumes when a quota comes without one (µs).
+const DEFAULT_CPU_PERIOD_US: u64 = 100_000;
+
+/// This host's online CPUs: a VM never gets more vCPUs from a CPU quota.
+fn host_cpus() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| u32::try_from(n.get()).unwrap_or(MAX_VCPUS))
+        .unwrap_or(1)
+}
+
+/// The VM sizing a container gets: from `linux.resources` (a CPU quota of q/p CPUs ->
+/// ceil(q/p) vCPUs, at least 1, at most the host's CPUs; a memory limit -> that much
+/// guest RAM plus [`MEMORY_OVERHEAD_MIB`] for the guest kernel and agent, at least
+/// [`DEFAULT_MEMORY_MIB`]), then the annotations, which win. Checked against what the
+/// VMM accepts.
 pub fn vm_resources(spec: &Spec) -> Result<VmResources, String> {
+    let mut vm = vm_from_limits(spec, host_cpus());
     let annotations = spec.annotations().as_ref();
     let get = |key: &str| annotations.and_then(|a| a.get(key));
-    let mut vm = VmResources {
-        vcpus: DEFAULT_VCPUS,
-        memory_mib: DEFAULT_MEMORY_MIB,
-    };
     if let Some(v) = get(ANNOTATION_VCPUS) {
         vm.vcpus = v
             .parse()
@@ -371,6 +385,44 @@ pub fn vm_resources(spec: &Spec) -> Result<VmResources, String> {
             })?;
     }
     Ok(vm)
+}
+
+/// The sizing that `linux.resources` asks for, with `host_cpus` CPUs on this host.
+fn vm_from_limits(spec: &Spec, host_cpus: u32) -> VmResources {
+    let mut vm = VmResources {
+        vcpus: DEFAULT_VCPUS,
+        memory_mib: DEFAULT_MEMORY_MIB,
+    };
+    let Some(resources) = spec.linux().as_ref().and_then(|l| l.resources().as_ref()) else {
+        return vm;
+    };
+    if let Some(cpu) = resources.cpu() {
+        let period = cpu
+            .period()
+            .filter(|p| *p > 0)
+            .unwrap_or(DEFAULT_CPU_PERIOD_US);
+        if let Some(quota) = cpu
+            .quota()
+            .and_then(|q| u64::try_from(q).ok())
+            .filter(|q| *q > 0)
+        {
+            let cpus = quota.div_ceil(period);
+            vm.vcpus = u32::try_from(cpus)
+                .unwrap_or(u32::MAX)
+                .clamp(1, host_cpus.clamp(1, MAX_VCPUS));
+        }
+    }
+    if let Some(limit) = resources
+        .memory()
+        .as_ref()
+        .and_then(|m| m.limit())
+        .and_then(|l| u64::try_from(l).ok())
+        .filter(|l| *l > 0)
+    {
+        let mib = limit.div_ceil(1 << 20).saturating_add(MEMORY_OVERHEAD_MIB);
+        vm.memory_mib = mib.clamp(DEFAULT_MEMORY_MIB, MAX_MEMORY_MIB);
+    }
+    vm
 }
 
 #[cfg(test)]
@@ -490,6 +542,54 @@ mod tests {
             with(&mut spec, k, v);
             assert!(vm_resources(&spec).unwrap_err().contains(k));
         }
+    }
+
+    #[test]
+    fn vm_size_follows_linux_resources_and_annotations_win() {
+        let spec = |resources: Value, annotations: Value| -> Spec {
+            let mut v = good();
+            v["linux"]["resources"] = resources;
+            v["annotations"] = annotations;
+            serde_json::from_value(v).unwrap()
+        };
+        let none = json!({});
+        let sized = |r: Value, cpus| {
+            let vm = vm_from_limits(&spec(r, none.clone()), cpus);
+            (vm.vcpus, vm.memory_mib)
+        };
+        assert_eq!(sized(json!({}), 8), (1, 128));
+        // 1.5 CPUs -> 2 vCPUs; 3 CPUs on a 2-CPU host -> 2; no period: runc's 100 ms.
+        assert_eq!(
+            sized(json!({"cpu": {"quota": 150000, "period": 100000}}), 8).0,
+            2
+        );
+        assert_eq!(
+            sized(json!({"cpu": {"quota": 300000, "period": 100000}}), 2).0,
+            2
+        );
+        assert_eq!(sized(json!({"cpu": {"quota": 50000}}), 8).0, 1);
+        assert_eq!(
+            sized(json!({"cpu": {"quota": -1, "period": 100000}}), 8).0,
+            1
+        );
+        // 256 MiB -> 256 + overhead; a tiny limit still gets the minimum.
+        assert_eq!(
+            sized(json!({"memory": {"limit": 256 << 20}}), 8).1,
+            256 + MEMORY_OVERHEAD_MIB
+        );
+        assert_eq!(sized(json!({"memory": {"limit": 1 << 20}}), 8).1, 128);
+        assert_eq!(sized(json!({"memory": {"limit": -1}}), 8).1, 128);
+        let both = spec(
+            json!({"cpu": {"quota": 200000, "period": 100000}, "memory": {"limit": 512 << 20}}),
+            json!({ANNOTATION_VCPUS: "1", ANNOTATION_MEMORY_MIB: "200"}),
+        );
+        assert_eq!(
+            vm_resources(&both).unwrap(),
+            VmResources {
+                vcpus: 1,
+                memory_mib: 200
+            }
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod log;
 pub mod pidfile;
 pub mod process;
 pub mod runtime;
+pub mod sandbox_backend;
 pub mod signal;
 pub mod spec;
 pub mod state;

@@ -9,7 +9,7 @@ use crate::vmm::devices::virtio::vsock::{Vsock, VsockError};
 use crate::vmm::devices::virtio::VirtioDevice;
 use crate::vmm::Vm;
 
-use super::volume::Volume;
+use super::volume::{Share, Volume};
 
 /// The guest's vsock CID (2 is the host; 3 is the first a guest may have).
 pub const GUEST_CID: u64 = 3;
@@ -38,12 +38,14 @@ pub fn volume_tag(index: usize) -> String {
     format!("vol{index}")
 }
 
-/// Attaches rng, vsock (guest CID [`GUEST_CID`], host side at `uds`) and the shares.
+/// Attaches rng, vsock (guest CID [`GUEST_CID`], host side at `uds`) and the shares:
+/// the rootfs, the volumes, then the extra shares.
 pub fn attach(
     vm: &mut Vm,
     uds: &Path,
     rootfs: &Path,
     volumes: &[Volume],
+    extra: &[Share],
 ) -> Result<(), DeviceError> {
     let attach = |vm: &mut Vm, dev: Box<dyn VirtioDevice>, name| {
         vm.add_virtio_device(dev, name)
@@ -64,6 +66,14 @@ pub fn attach(
                 volume_tag(i),
                 v.host.as_path(),
                 v.read_only,
+                Sharing::Shared,
+            )
+        }))
+        .chain(extra.iter().map(|s| {
+            (
+                s.tag.clone(),
+                s.host.as_path(),
+                s.read_only,
                 Sharing::Shared,
             )
         }));

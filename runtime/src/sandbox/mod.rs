@@ -26,6 +26,7 @@ pub mod events;
 pub mod relay;
 pub mod spec;
 pub mod state_dir;
+pub mod stdio;
 pub mod terminal;
 pub mod volume;
 
@@ -46,7 +47,7 @@ pub use events::EventError;
 pub use relay::{Relay, RelayError, SignalForwarder, StdioMode};
 pub use spec::{command_spec, Command};
 pub use state_dir::{StateDir, StateDirError, DEFAULT_STATE_ROOT};
-pub use volume::{check_dir, Volume, VolumeError};
+pub use volume::{check_dir, Share, Volume, VolumeError};
 
 use crate::vmm::{ConsoleOutput, StopHandle, Vm, VmConfig, VmExitReason, DEFAULT_CMDLINE};
 use events::{EventListener, WaitEnd};
@@ -113,6 +114,8 @@ pub struct SandboxConfig {
     /// Host directory shared as the container's root.
     pub rootfs: PathBuf,
     pub volumes: Vec<Volume>,
+    /// More host directories, each mounted at its own absolute guest path.
+    pub shares: Vec<Share>,
     /// Copy of the guest's serial console (debugging).
     pub console: Option<PathBuf>,
     /// Parent of the state directory ([`DEFAULT_STATE_ROOT`]).
@@ -136,6 +139,7 @@ impl SandboxConfig {
             cmdline_extra: None,
             rootfs,
             volumes: Vec::new(),
+            shares: Vec::new(),
             console: None,
             state_root: PathBuf::from(DEFAULT_STATE_ROOT),
             ready_timeout: Duration::from_secs(60),
@@ -150,6 +154,9 @@ impl SandboxConfig {
         check_dir("--rootfs", &self.rootfs)?;
         for v in &self.volumes {
             check_dir("--volume", &v.host)?;
+        }
+        for s in &self.shares {
+            check_dir("share", &s.host)?;
         }
         Ok(())
     }
@@ -262,7 +269,13 @@ impl Sandbox {
             ..VmConfig::new(config.kernel.clone(), Some(config.initrd.clone()))
         };
         let mut vm = Vm::new(vm_config)?;
-        devices::attach(&mut vm, &uds, &config.rootfs, &config.volumes)?;
+        devices::attach(
+            &mut vm,
+            &uds,
+            &config.rootfs,
+            &config.volumes,
+            &config.shares,
+        )?;
         let stop = vm.stop_handle();
         let thread = std::thread::Builder::new()
             .name("husk-vm".into())
@@ -348,6 +361,9 @@ impl Sandbox {
             let target = format!("{ROOTFS_GUEST_PATH}{}", v.guest);
             mount(&devices::volume_tag(i), &target, v.read_only)?;
         }
+        for s in &config.shares {
+            mount(&s.tag, &s.guest, s.read_only)?;
+        }
         Ok(())
     }
 
@@ -376,6 +392,24 @@ impl Sandbox {
     /// The end of the guest's serial console (for error messages).
     pub fn console(&self) -> &ConsoleTail {
         &self.console
+    }
+
+    /// Freezes the whole VM (every vCPU parked outside the guest) within `timeout`.
+    pub fn pause(&self, timeout: Duration) -> Result<(), SandboxError> {
+        self.vm
+            .stop
+            .pause(timeout)
+            .map_err(|e| SandboxError::Vm(crate::vmm::Error::Vcpu(e)))
+    }
+
+    /// Lets a paused VM run again.
+    pub fn resume(&self) {
+        self.vm.stop.resume();
+    }
+
+    /// A handle that pauses, resumes or stops the VM from another thread.
+    pub fn vm_handle(&self) -> crate::vmm::StopHandle {
+        self.vm.stop.clone()
     }
 
     /// Whether the VM has ended (the guest powered off or failed).

@@ -61,6 +61,18 @@ impl Volume {
     }
 }
 
+/// A host directory shared under its own virtio-fs tag and mounted at an absolute guest
+/// path outside the rootfs (the OCI backend's bind-mount sources, for instance).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    /// The virtio-fs tag: unique in the VM, not `rootfs` nor `vol<N>`.
+    pub tag: String,
+    pub host: PathBuf,
+    /// Absolute guest path.
+    pub guest: String,
+    pub read_only: bool,
+}
+
 /// `/a//b/./c/` -> `/a/b/c`; `None` for a relative path, one with `..`, or `/` itself.
 fn normalize_guest(path: &str) -> Option<String> {
     if !path.starts_with('/') {

@@ -8,10 +8,15 @@
 //! `immediate_exit` (the signal alone could arrive just before the ioctl and be lost). A
 //! thread deregisters under the same lock before its `kvm_run` mapping goes away, so a
 //! kick never touches freed memory or an exited thread.
+//!
+//! Pausing a VM uses the same kick: `pause` is set, every vCPU is kicked out of KVM_RUN
+//! and parks on a condition variable before it would enter again; `pause` waits until
+//! every registered vCPU is parked, so when it returns no guest instruction runs. Resume
+//! clears the flag and wakes them; ending the VM wakes them too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -62,6 +67,10 @@ pub enum VcpuError {
     Spawn { cpu: u8, source: std::io::Error },
     #[error("cannot install the vCPU kick signal handler: {0}")]
     Signal(vmm_sys_util::errno::Error),
+    #[error("the vCPUs did not stop within {0:?}")]
+    PauseTimeout(Duration),
+    #[error("the VM has ended")]
+    Ended,
 }
 
 /// The signal that kicks a vCPU thread out of KVM_RUN (what Firecracker uses too).
@@ -94,11 +103,22 @@ struct KickTarget {
 // thread removes its target under that lock before the mapping is unmapped.
 unsafe impl Send for KickTarget {}
 
+/// Whether the vCPUs should park, and how many have.
+#[derive(Default)]
+struct PauseState {
+    requested: bool,
+    parked: usize,
+}
+
 /// State shared by the vCPU threads, the devices and stop handles.
 pub(crate) struct Shared {
     stop: AtomicBool,
     outcome: Mutex<Option<Result<VmExitReason, VcpuError>>>,
     targets: Mutex<Vec<Option<KickTarget>>>,
+    pause: Mutex<PauseState>,
+    /// Signalled when `pause` changes: parked vCPUs wait on it for a resume, `pause`
+    /// waits on it for the last vCPU to park.
+    pause_changed: Condvar,
 }
 
 impl Shared {
@@ -107,7 +127,85 @@ impl Shared {
             stop: AtomicBool::new(false),
             outcome: Mutex::new(None),
             targets: Mutex::new((0..vcpus).map(|_| None).collect()),
+            pause: Mutex::new(PauseState::default()),
+            pause_changed: Condvar::new(),
         })
+    }
+
+    fn kick_all(&self) {
+        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        for t in targets.iter().flatten() {
+            // SAFETY: the target is registered, so its kvm_run mapping and thread are alive
+            // (see KickTarget). A volatile byte store races benignly with KVM reading it.
+            unsafe {
+                std::ptr::write_volatile(t.immediate_exit, 1);
+                libc::pthread_kill(t.thread, kick_signal());
+            }
+        }
+    }
+
+    fn running_vcpus(&self) -> usize {
+        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
+        targets.iter().flatten().count()
+    }
+
+    /// Stops every vCPU outside KVM_RUN and returns once all are parked (at most
+    /// `timeout`). Pausing a paused VM is a no-op.
+    pub(crate) fn pause(&self, timeout: Duration) -> Result<(), VcpuError> {
+        if self.stopping() {
+            return Err(VcpuError::Ended);
+        }
+        self.pause
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .requested = true;
+        self.kick_all();
+        let deadline = Instant::now() + timeout;
+        let mut state = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        // A vCPU that is not registered (not started yet, or ended) runs no guest code.
+        while state.parked < self.running_vcpus() {
+            if self.stopping() {
+                return Err(VcpuError::Ended);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                state.requested = false;
+                self.pause_changed.notify_all();
+                return Err(VcpuError::PauseTimeout(timeout));
+            }
+            // Short waits: a vCPU that deregisters does not signal the condvar.
+            let wait = left.min(Duration::from_millis(10));
+            state = self
+                .pause_changed
+                .wait_timeout(state, wait)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
+    }
+
+    /// Lets parked vCPUs run again.
+    pub(crate) fn resume(&self) {
+        let mut state = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        state.requested = false;
+        self.pause_changed.notify_all();
+    }
+
+    /// Parks the calling vCPU thread while a pause is requested (and the VM not ending).
+    fn park_while_paused(&self) {
+        let mut state = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+        if !state.requested {
+            return;
+        }
+        state.parked += 1;
+        self.pause_changed.notify_all();
+        while state.requested && !self.stopping() {
+            state = self
+                .pause_changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        state.parked -= 1;
     }
 
     pub(crate) fn stopping(&self) -> bool {
@@ -123,15 +221,12 @@ impl Shared {
             }
         }
         self.stop.store(true, Ordering::Release);
-        let targets = self.targets.lock().unwrap_or_else(|e| e.into_inner());
-        for t in targets.iter().flatten() {
-            // SAFETY: the target is registered, so its kvm_run mapping and thread are alive
-            // (see KickTarget). A volatile byte store races benignly with KVM reading it.
-            unsafe {
-                std::ptr::write_volatile(t.immediate_exit, 1);
-                libc::pthread_kill(t.thread, kick_signal());
-            }
+        // Parked vCPUs wake up to end.
+        {
+            let _state = self.pause.lock().unwrap_or_else(|e| e.into_inner());
+            self.pause_changed.notify_all();
         }
+        self.kick_all();
     }
 
     pub(crate) fn take_outcome(&self) -> Option<Result<VmExitReason, VcpuError>> {
@@ -202,6 +297,7 @@ enum Step {
 fn run_loop(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Result<VmExitReason, VcpuError> {
     let cpu = index;
     loop {
+        ctx.shared.park_while_paused();
         if ctx.shared.stopping() {
             return Ok(VmExitReason::Stopped);
         }
@@ -427,6 +523,45 @@ mod tests {
         assert!(matches!(
             shared.take_outcome(),
             Some(Ok(VmExitReason::Stopped))
+        ));
+    }
+
+    #[test]
+    fn a_spinning_vcpu_is_paused_resumed_and_stopped_while_parked() {
+        let Some((_kvm, _vm, vcpu, _ram)) = tiny_vm(&[0xeb, 0xfe]) else {
+            eprintln!("skipped: /dev/kvm not usable");
+            return;
+        };
+        install_kick_handler().unwrap();
+        let shared = Shared::new(1);
+        let ctx = VcpuContext {
+            pio: Arc::new(Bus::new()),
+            mmio: Arc::new(Bus::new()),
+            stats: VmStats::new(1),
+            shared: shared.clone(),
+        };
+        let t = std::thread::spawn(move || vcpu_thread(vcpu, 0, ctx));
+        while shared.running_vcpus() == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        shared.pause(Duration::from_secs(5)).unwrap();
+        assert_eq!(shared.pause.lock().unwrap().parked, 1);
+        // Pausing again is a no-op; resume lets it run (out of the park) again.
+        shared.pause(Duration::from_secs(5)).unwrap();
+        shared.resume();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while shared.pause.lock().unwrap().parked != 0 {
+            assert!(Instant::now() < deadline, "vCPU not unparked");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(!t.is_finished());
+        // Ending the VM wakes a parked vCPU.
+        shared.pause(Duration::from_secs(5)).unwrap();
+        shared.finish(Ok(VmExitReason::Stopped));
+        t.join().unwrap();
+        assert!(matches!(
+            shared.pause(Duration::from_secs(1)),
+            Err(VcpuError::Ended)
         ));
     }
 }

@@ -45,6 +45,16 @@ impl StopHandle {
     pub fn stop(&self) {
         self.0.finish(Ok(VmExitReason::Stopped));
     }
+
+    /// Freezes the guest: returns once no vCPU runs guest code (at most `timeout`).
+    pub fn pause(&self, timeout: std::time::Duration) -> Result<(), VcpuError> {
+        self.0.pause(timeout)
+    }
+
+    /// Lets a paused guest run again.
+    pub fn resume(&self) {
+        self.0.resume()
+    }
 }
 
 /// A built microVM, ready to [`run`](Vm::run).
