@@ -61,10 +61,8 @@ pub struct Settings {
     /// Where the cgroup2 hierarchy is (mounted there if needed); `None`: containers get
     /// no cgroup (the request tests on a host, which must not touch the host's cgroups).
     pub cgroup_root: Option<PathBuf>,
-    /// Whether `linux.namespaces` pid entries are honoured. KNOWN BUG: in the guest a
-    /// create with a new pid namespace hangs (the host tests pass), so the guest default
-    /// is `false` (the container shares the guest's pid namespace; the agent kills the
-    /// rest when the init exits) until that is found. The host tests set `true`.
+    /// Whether `linux.namespaces` pid entries are honoured (`false`: the container shares
+    /// the guest's pid namespace and the agent kills the rest when the init exits).
     pub pid_namespaces: bool,
 }
 
@@ -74,7 +72,7 @@ impl Default for Settings {
             stream_wait: DEFAULT_STREAM_WAIT,
             containers_dir: PathBuf::from(DEFAULT_CONTAINERS_DIR),
             cgroup_root: Some(PathBuf::from(container::DEFAULT_CGROUP_ROOT)),
-            pid_namespaces: false,
+            pid_namespaces: true,
         }
     }
 }

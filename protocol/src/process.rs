@@ -897,29 +897,43 @@ fn fork_exec(
 /// thread enters it for the fork and returns to its own right after, so no other spawn
 /// is affected. Returns the child's pid as the agent sees it (0 in the child).
 fn fork_in(plan: &ExecPlan) -> Result<i32, AgentError> {
-    let own_ns = match &plan.pid_namespace {
-        Some(ns) => {
-            let own = File::open("/proc/self/ns/pid")
-                .map_err(|e| AgentError::internal(format!("open /proc/self/ns/pid: {e}")))?;
-            // SAFETY: plain syscall on an fd we own; only this thread's children are
-            // affected (pid_for_children).
-            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
-                return Err(AgentError::internal(format!(
-                    "entering the container's pid namespace: {}",
-                    errno_text(Errno::last())
-                )));
-            }
-            Some(own)
-        }
-        None => None,
+    // A new pid namespace is made the way a thread can without a raw clone(2): this
+    // thread unshares its pid namespace for children, forks (glibc's fork, whose atfork
+    // handlers keep the child's locks sane; a raw clone skips them), and goes back.
+    let new_pid_ns = plan.clone_flags & libc::CLONE_NEWPID != 0;
+    let other_flags = plan.clone_flags & !libc::CLONE_NEWPID;
+    let own_ns = if plan.pid_namespace.is_some() || new_pid_ns {
+        Some(
+            File::open("/proc/thread-self/ns/pid_for_children")
+                .map_err(|e| AgentError::internal(format!("open pid_for_children: {e}")))?,
+        )
+    } else {
+        None
     };
-    let pid = if plan.clone_flags != 0 {
+    if let Some(ns) = &plan.pid_namespace {
+        // SAFETY: plain syscall on an fd we own; only this thread's children are
+        // affected (pid_for_children).
+        if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            return Err(AgentError::internal(format!(
+                "entering the container's pid namespace: {}",
+                errno_text(Errno::last())
+            )));
+        }
+    }
+    // SAFETY: plain syscall; affects only this thread's later children.
+    if new_pid_ns && unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+        return Err(AgentError::internal(format!(
+            "unsharing a pid namespace: {}",
+            errno_text(Errno::last())
+        )));
+    }
+    let pid = if other_flags != 0 {
         // SAFETY: clone without CLONE_VM and without a new stack is fork with flags: the
         // child gets a copy of this address space and only makes async-signal-safe calls.
         unsafe {
             libc::syscall(
                 libc::SYS_clone,
-                (plan.clone_flags | libc::SIGCHLD) as libc::c_ulong,
+                (other_flags | libc::SIGCHLD) as libc::c_ulong,
                 0usize,
                 0usize,
                 0usize,

@@ -244,9 +244,8 @@ fn identity_user_caps_limits(vm: &Vm) {
         ExitStatus::Exited(0),
         "stdout {out:?} stderr {err:?}"
     );
-    // KNOWN BUG (husk_agent::Settings::pid_namespaces): no pid namespace in the guest
-    // for now, so the init is not pid 1 there and /proc shows the guest's processes.
-    assert!(!field(&out, "pid").is_empty(), "{out}");
+    // Its own pid namespace: the init is pid 1 there.
+    assert_eq!(field(&out, "pid"), "1", "{out}");
     assert_eq!(field(&out, "host"), "inside-husk");
     assert_eq!(field(&out, "uid"), "1000");
     assert_eq!(field(&out, "gid"), "1000");
@@ -409,8 +408,12 @@ fn execs_join_the_container_and_signal_all_ends_it() {
     let out = read_all(out);
     let err = read_all(err);
     assert_eq!(vm.wait(exec), ExitStatus::Exited(0), "{out} {err}");
-    // KNOWN BUG: no pid namespace in the guest yet (the init is not pid 1 there).
-    assert!(out.contains("sh -c sleep 1001"), "{out}");
+    // The exec is in the container's pid namespace: pid 1 there is the init.
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("1 ") && l.contains("sleep 1001")),
+        "{out}"
+    );
     assert_eq!(field(&out, "host"), "long-runner");
     assert_eq!(field(&out, "uid"), "1000");
     // A non-root exec without capabilities in its spec keeps none after its exec.
@@ -426,7 +429,7 @@ fn execs_join_the_container_and_signal_all_ends_it() {
     c.exec_process(id, "sleeper", p, StdioConfig::default())
         .expect("exec sleeper");
     let procs = c.list_processes(id).expect("list");
-    assert!(procs[0].pid > 0, "{procs:?}");
+    assert_eq!(procs[0].pid, 1, "{procs:?}");
     assert!(
         procs[0].command.starts_with("sh -c sleep 1001"),
         "{procs:?}"
