@@ -224,6 +224,7 @@ fn identity_user_caps_limits(vm: &Vm) {
         echo "foo=$FOO"
         echo "shmmax=$(cat /proc/sys/kernel/shmmax)"
         echo "procs=$(ls /proc | grep -c '^[0-9]')"
+        echo "kernel=$(uname -r)"
     "#;
     let mut spec = vm.spec(script);
     let caps = json!(["CAP_CHOWN", "CAP_KILL", "CAP_NET_BIND_SERVICE"]);
@@ -244,8 +245,11 @@ fn identity_user_caps_limits(vm: &Vm) {
         ExitStatus::Exited(0),
         "stdout {out:?} stderr {err:?}"
     );
-    // Its own pid namespace: the init is pid 1 there.
+    // Its own pid namespace: the init is pid 1 there, and /proc/1 is the container's
+    // process (not the agent); the kernel is husk's guest kernel.
     assert_eq!(field(&out, "pid"), "1", "{out}");
+    assert!(field(&out, "cmdline").starts_with("sh -c"), "{out}");
+    assert!(field(&out, "kernel").ends_with("-husk"), "{out}");
     assert_eq!(field(&out, "host"), "inside-husk");
     assert_eq!(field(&out, "uid"), "1000");
     assert_eq!(field(&out, "gid"), "1000");
