@@ -429,7 +429,14 @@ fn a_gated_child_execs_only_when_started() {
 fn a_root_is_chrooted_into() {
     let dir = std::env::temp_dir().join(format!("husk-protocol-root-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("bin")).unwrap();
-    std::fs::copy("/bin/busybox", dir.join("bin/sh")).unwrap();
+    // A hard link, not a copy: a copy's write fd, duplicated into a child that another
+    // test forks meanwhile, makes our exec fail with ETXTBSY until that child execs.
+    let sh = dir.join("bin/sh");
+    if std::fs::hard_link("/bin/busybox", &sh).is_err() {
+        // Another filesystem: copy, then wait until no forked child holds the write fd.
+        std::fs::copy("/bin/busybox", &sh).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     std::fs::write(dir.join("only-here"), "yes\n").unwrap();
     let (o, host_out) = pair();
     let mut p = process(&["sh", "-c", "read x < /only-here; echo $x; pwd"]);
