@@ -38,6 +38,7 @@ use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
+use crate::sandbox::relay::{FORWARDED_SIGNALS, OUTPUT_DRAIN};
 use crate::sandbox::stdio::{relay, std_fd};
 use crate::sandbox::{Sandbox, SandboxConfig, SandboxError, Share};
 use binds::BindSource;
@@ -47,8 +48,6 @@ use control::{MonitorRequest, MonitorResponse, ProcessEntry};
 pub const CONFIG_FILE: &str = "monitor.json";
 /// Where the sandbox keeps its own state (the vsock sockets): `<state dir>/vm`.
 pub const SANDBOX_ID: &str = "vm";
-/// How long stdout/stderr may keep flowing after the init exited.
-const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
 /// Bound on one agent request (building a container on a loaded emulated test host
 /// took over a minute; natively milliseconds): only a stuck agent ever reaches it.
 pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
@@ -56,15 +55,6 @@ pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(500);
-/// Signals sent to the monitor that it passes on to the init.
-const FORWARDED: [Signal; 6] = [
-    Signal::SIGINT,
-    Signal::SIGTERM,
-    Signal::SIGHUP,
-    Signal::SIGQUIT,
-    Signal::SIGUSR1,
-    Signal::SIGUSR2,
-];
 
 /// What `husk create` tells the monitor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,7 +199,8 @@ fn boot(state_dir: &Path, events: mpsc::Sender<Event>) -> Result<Monitor, Monito
 /// them on a thread of their own.
 fn start_signal_thread(events: mpsc::Sender<Event>) -> Result<(), MonitorError> {
     let mut set = SigSet::empty();
-    for sig in FORWARDED {
+    // The signals a relay forwards: the same set as `husk vm run` and the exec proxy.
+    for sig in FORWARDED_SIGNALS {
         set.add(sig);
     }
     set.thread_block()
