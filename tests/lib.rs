@@ -211,7 +211,7 @@ pub fn probe_initramfs(name: &str) -> PathBuf {
         "{} is missing: run `make guest-tests` first",
         probe.display()
     );
-    let out = std::env::temp_dir().join(format!("husk-probe-{name}-{}.cpio", std::process::id()));
+    let out = temp_path(&format!("{name}.cpio"));
     let status = Command::new(repo_root().join("target/release/husk-mkinitramfs"))
         .arg(&probe)
         .arg(&out)
@@ -225,7 +225,7 @@ pub fn probe_initramfs(name: &str) -> PathBuf {
 /// arguments appended, and returns the run and the guest's console log.
 pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, String) {
     let initrd = probe_initramfs(name);
-    let console = std::env::temp_dir().join(format!("husk-{name}-{}.log", std::process::id()));
+    let console = temp_path(&format!("{name}.log"));
     let mut args = vec![
         "vm",
         "boot",
@@ -242,14 +242,21 @@ pub fn boot_probe(name: &str, extra: &[&str], deadline: Duration) -> (Run, Strin
     (run, log)
 }
 
-/// A scratch directory under the system temp dir, unique to this test process.
-pub fn scratch(name: &str) -> PathBuf {
+/// A path under the system temp dir unique to this call: tests run in parallel threads
+/// of one process, so a name made of the process id alone is shared between them (two
+/// tests once rewrote and removed each other's probe initramfs mid-boot).
+pub fn temp_path(name: &str) -> PathBuf {
     static SEQ: AtomicU32 = AtomicU32::new(0);
-    let dir = std::env::temp_dir().join(format!(
+    std::env::temp_dir().join(format!(
         "husk-test-{}-{}-{name}",
         std::process::id(),
         SEQ.fetch_add(1, Ordering::Relaxed)
-    ));
+    ))
+}
+
+/// A scratch directory under the system temp dir, unique to this call.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = temp_path(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }

@@ -9,7 +9,7 @@ use std::os::unix::fs::{symlink, FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use husk_tests::{husk, probe_initramfs};
+use husk_tests::{husk, probe_initramfs, temp_path};
 
 /// A scratch tree: `rw/` and `ro/` are shared, `secret` sits beside them.
 struct Scratch(PathBuf);
@@ -40,7 +40,7 @@ const SECRET: &[u8] = b"HOST SECRET: the guest must never read this\n";
 /// check -> (ok, detail), failing on any FAIL line.
 fn boot_probe(fs: &[String], params: &str, memory_mib: u32, secs: u64) -> BTreeMap<String, String> {
     let initrd = probe_initramfs("probe-fs");
-    let console = std::env::temp_dir().join(format!("husk-probe-fs-{}.log", std::process::id()));
+    let console = temp_path("probe-fs.log");
     let mut args: Vec<String> = ["vm", "boot", "--initrd", initrd.to_str().unwrap()]
         .iter()
         .map(|s| s.to_string())

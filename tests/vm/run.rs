@@ -21,7 +21,7 @@ const READY_TIMEOUT: &str = "240";
 /// Argument errors are found before any VM exists: well under a boot.
 const ERROR_DEADLINE: Duration = Duration::from_secs(10);
 /// Where sandboxes keep their state (runtime/src/sandbox/state_dir.rs).
-const STATE_ROOT: &str = "/run/husk/vm";
+const STATE_ROOT: &str = "/run/husk-vm";
 
 /// husk's exit code (failing the test if a signal killed husk itself).
 fn code(run: &Run) -> i32 {

@@ -303,7 +303,7 @@ mod tests {
             detach: true,
         };
         let args = proxy_args(
-            Path::new("/run/husk/vm/x/vsock.sock"),
+            Path::new("/run/husk-vm/x/vsock.sock"),
             "c1",
             "exec-1",
             Path::new("/s/exec-1.json"),
@@ -320,7 +320,7 @@ mod tests {
                 "exec-1",
                 "--console-socket",
                 "/tmp/c.sock",
-                "/run/husk/vm/x/vsock.sock",
+                "/run/husk-vm/x/vsock.sock",
                 "c1",
                 "/s/exec-1.json"
             ]

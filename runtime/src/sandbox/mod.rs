@@ -3,7 +3,7 @@
 //! under `husk vm run`, and later `husk create` and the containerd shim.
 //!
 //! ```text
-//! Sandbox::start ─ check dirs ─ /run/husk/vm/<id>/ (0700) ─ bind vsock.sock_1026
+//! Sandbox::start ─ check dirs ─ /run/husk-vm/<id>/ (0700) ─ bind vsock.sock_1026
 //!    ├─ Vm::new + virtio-rng, virtio-vsock (CID 3, vsock.sock), virtio-fs rootfs, vol0..
 //!    ├─ thread "husk-vm": vm.run()
 //!    ├─ wait for AgentEvent::Ready on vsock.sock_1026 (or Fatal, the VM ending, deadline)

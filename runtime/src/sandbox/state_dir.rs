@@ -1,4 +1,4 @@
-//! A sandbox's private state directory, `/run/husk/vm/<id>/` (mode 0700): the vsock unix
+//! A sandbox's private state directory, `/run/husk-vm/<id>/` (mode 0700): the vsock unix
 //! sockets live there, so only root can reach the guest agent. Removed, with whatever
 //! the VMM left in it, when the [`StateDir`] is dropped.
 
@@ -7,8 +7,10 @@ use std::io;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-/// Where sandboxes keep their state unless told otherwise.
-pub const DEFAULT_STATE_ROOT: &str = "/run/husk/vm";
+/// Where `husk vm run` sandboxes keep their state unless told otherwise: beside, not
+/// under, the OCI root (/run/husk), whose entries are container ids (`husk create vm`
+/// must not meet a sandbox directory).
+pub const DEFAULT_STATE_ROOT: &str = "/run/husk-vm";
 
 /// Errors creating a state directory; each names the path.
 #[derive(Debug, thiserror::Error)]
