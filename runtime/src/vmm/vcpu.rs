@@ -329,7 +329,10 @@ fn run_loop(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Result<VmExitRea
                         Step::Continue
                     }
                     VcpuExit::Hlt => Step::End(VmExitReason::Halted),
-                    VcpuExit::Shutdown => Step::End(VmExitReason::TripleFault),
+                    VcpuExit::Shutdown => {
+                        report_triple_fault(vcpu, cpu);
+                        Step::End(VmExitReason::TripleFault)
+                    }
                     VcpuExit::SystemEvent(kind, _) => Step::End(match kind {
                         KVM_SYSTEM_EVENT_RESET | KVM_SYSTEM_EVENT_SHUTDOWN => VmExitReason::Reset,
                         KVM_SYSTEM_EVENT_CRASH => VmExitReason::SystemEvent(kind),
@@ -362,6 +365,36 @@ fn run_loop(vcpu: &mut VcpuFd, index: u8, ctx: &VcpuContext) -> Result<VmExitRea
                 let suberror = unsafe { vcpu.get_kvm_run().__bindgen_anon_1.internal.suberror };
                 return Err(VcpuError::InternalError { cpu, suberror });
             }
+        }
+    }
+}
+
+/// One line on stderr with where the guest was when it triple-faulted: a triple fault
+/// is deliberate only with `reboot=t`, so this is what tells a guest bug, a host (or
+/// nested-virtualisation) bug and an intended reset apart afterwards.
+fn report_triple_fault(vcpu: &VcpuFd, cpu: u8) {
+    let regs = vcpu.get_regs();
+    let sregs = vcpu.get_sregs();
+    match (regs, sregs) {
+        (Ok(r), Ok(s)) => eprintln!(
+            "husk: vCPU {cpu} triple-faulted: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} \
+             cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.cs.selector,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit,
+        ),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("husk: vCPU {cpu} triple-faulted (registers unreadable: {e})")
         }
     }
 }
