@@ -23,9 +23,11 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   h_ready=$(col husk 1); q_ready=$(col qemu 1)
   h_exit=$(col husk 2); q_exit=$(col qemu 2)
   h_rss=$(col husk 3); q_rss=$(col qemu 3)
-  h_exits=$(col husk 5); q_exits=$(col qemu 5)
-  h_own_exits=$(awk '{print $6}' "$results/husk" | median)
-  h_guest=$(col husk 8); q_guest=$(col qemu 8)
+  h_exits=$(median <"$results/husk-exits"); q_exits=$(median <"$results/qemu-exits")
+  h_own_exits=$(col husk 5)
+  h_guest=$(col husk 7); q_guest=$(col qemu 5)
+  h_kernel=$(col husk 8); q_kernel=$(col qemu 6)
+  exit_runs=$(wc -l <"$results/husk-exits")
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "nan" }'; }
   table=$(mktemp)
   {
@@ -33,17 +35,19 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo
     echo "$(date -u +%Y-%m-%d), $runs runs each, interleaved, 1 vCPU / 128 MiB, ran $where."
     echo "Same vmlinux and initramfs for both; husk's own breakdown medians:"
-    echo "$(awk '{print $7}' "$results/husk" | median) ms VMM setup (launch to the first KVM_RUN), $(awk '{print $8}' "$results/husk" | median) ms guest to agent ready."
+    echo "$(col husk 6) ms VMM setup (launch to the first KVM_RUN), $(col husk 9) ms launch to agent ready by husk's own clock, $(col husk 7) ms guest clock at ready."
+    echo "Wall times are taken without perf (starting it cost 1.5-3 s in the test bed); VM exits come from $exit_runs more runs each under perf."
     echo "This machine's load average at the start: $load (other builds and test beds share its 2 cores)."
     echo
     echo "| | husk | qemu microvm | husk / qemu |"
     echo "|---|---|---|---|"
     echo "| wall ms, launch to agent ready (median) | $h_ready | $q_ready | $(ratio "$h_ready" "$q_ready") |"
     echo "| wall ms, launch to exit (median) | $h_exit | $q_exit | $(ratio "$h_exit" "$q_exit") |"
-    echo "| VM exits, whole run (perf, kvm:kvm_exit) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
+    echo "| VM exits, whole run (perf, kvm:kvm_exit, median of $exit_runs) | $h_exits | $q_exits | $(ratio "$h_exits" "$q_exits") |"
     echo "| VM exits to agent ready (husk's own count) | $h_own_exits | | |"
     echo "| peak RSS KiB (time -v) | $h_rss | $q_rss | $(ratio "$h_rss" "$q_rss") |"
     echo "| guest clock at agent ready, ms (its CLOCK_BOOTTIME) | $h_guest | $q_guest | $(ratio "$h_guest" "$q_guest") |"
+    echo "| guest kernel clock at agent ready, ms (printk time of the line) | $h_kernel | $q_kernel | $(ratio "$h_kernel" "$q_kernel") |"
   } >"$table"
   cat "$table"
   replace_section docs/benchmarks.md boot "$table"
@@ -53,25 +57,40 @@ fi
 
 # Inside: the measurements (RESULTS: the directory the host side gave).
 : "${RESULTS:?}"
+# The printk timestamp of the ready line (the agent writes it through /dev/kmsg), in ms:
+# the guest kernel's sched clock, i.e. kvmclock since the guest set it up.
+kernel_clock_at_ready() {
+  sed -n 's/.*\[ *\([0-9]*\.[0-9]*\)\] HUSK-AGENT-READY.*/\1/p' "$1" | head -n1 | awk '{printf "%.1f", $1 * 1000}'
+}
 # The measurements. The kernel command line is husk's default for both, except
 # how the guest ends: qemu microvm has no i8042, so its guest triple-faults out.
 qemu_cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
   tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
 [[ $qemu_cmdline == console=ttyS0* ]] || { echo "bench/boot.sh: cannot read husk's DEFAULT_CMDLINE" >&2; exit 1; }
+qemu=(qemu-system-x86_64 -M "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
+  -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio
+  -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio"
+  -append "${QEMU_CMDLINE:-$qemu_cmdline}")
 for i in $(seq "$runs"); do
   bd=$(mktemp)
   r=$(TTM_LOG=$bd time_to_marker HUSK-AGENT-READY "$out/husk" vm boot --console /dev/stdout)
-  own=$(grep vm_exits= "$bd" | tr ' ' '\n' | awk -F= '$1=="vm_exits"{e=$2} $1=="vmm_setup_ms"{s=$2} $1=="guest_ready_ms"{g=$2} END {print e+0, s+0, g+0}')
+  own=$(grep vm_exits= "$bd" | tr ' ' '\n' | awk -F= '$1=="vm_exits"{e=$2} $1=="vmm_setup_ms"{s=$2} $1=="guest_ready_ms"{g=$2} $1=="total_ms"{t=$2} END {print e+0, s+0, g+0, t+0}')
+  h_kernel=$(kernel_clock_at_ready "$bd")
   rm -f "$bd"
-  echo "$r $own" >>"$RESULTS/husk"
+  # ready exit rss status | own: exits setup guest_clock | kernel_clock | own: total
+  echo "$r ${own% *} ${h_kernel:-0} ${own##* }" >>"$RESULTS/husk"
   qd=$(mktemp)
-  r=$(TTM_LOG=$qd time_to_marker HUSK-AGENT-READY qemu-system-x86_64 -M microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off \
-      -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio \
-      -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio" \
-      -append "${QEMU_CMDLINE:-$qemu_cmdline}")
+  r=$(TTM_LOG=$qd time_to_marker HUSK-AGENT-READY "${qemu[@]}")
   # The guest's own clock at the ready line (CLOCK_BOOTTIME, as husk's guest_ready_ms).
   q_guest=$(grep -o 'boottime_us=[0-9]*' "$qd" | head -n1 | awk -F= '{printf "%.1f", $2 / 1000}')
+  q_kernel=$(kernel_clock_at_ready "$qd")
   rm -f "$qd"
-  echo "$r 0 0 ${q_guest:-0}" >>"$RESULTS/qemu"
+  # ready exit rss status guest_clock kernel_clock
+  echo "$r ${q_guest:-0} ${q_kernel:-0}" >>"$RESULTS/qemu"
   echo "run $i: husk $(tail -n1 "$RESULTS/husk") | qemu $(tail -n1 "$RESULTS/qemu")" >&2
+done
+# VM exits: counts, not times, so a few runs each under perf are enough.
+for i in $(seq "${EXIT_RUNS:-3}"); do
+  count_exits "$out/husk" vm boot >>"$RESULTS/husk-exits"
+  count_exits "${qemu[@]}" >>"$RESULTS/qemu-exits"
 done

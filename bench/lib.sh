@@ -12,24 +12,34 @@ now_ns() { date +%s%N; }
 
 # time_to_marker MARKER CMD...: runs CMD under /usr/bin/time -v with its stdout read line
 # by line (kept in $TTM_LOG if set); prints "<ms to marker> <ms to exit> <peak RSS KiB>
-# <exit status> <vm exits>". VM exits are the kvm:kvm_exit tracepoint counted by perf for
-# CMD's threads over its whole run (KVM's debugfs totals only cover VMs still alive).
+# <exit status>". No perf here: starting perf (its tracepoint setup) took 1.5-3 s in the
+# test bed, added to whatever it wraps; count VM exits apart with count_exits.
 time_to_marker() {
   local marker=$1; shift
-  local tv pf; tv=$(mktemp); pf=$(mktemp)
+  local tv; tv=$(mktemp)
   local t0 t_mark="" t_end status line
   t0=$(now_ns)
   while IFS= read -r line; do
     if [ -z "$t_mark" ] && [[ $line == *"$marker"* ]]; then t_mark=$(now_ns); fi
     if [ -n "${TTM_LOG:-}" ]; then printf '%s\n' "$line" >>"$TTM_LOG"; fi
-  done < <(perf stat -e kvm:kvm_exit -x, -o "$pf" -- /usr/bin/time -v -o "$tv" "$@" 2>/dev/null; echo "__status $?")
+  done < <(/usr/bin/time -v -o "$tv" "$@" 2>/dev/null; echo "__status $?")
   t_end=$(now_ns)
   status=$(grep -o 'Exit status: [0-9]*' "$tv" | awk '{print $3}')
   local rss; rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$tv")
-  local exits; exits=$(awk -F, '$3 == "kvm:kvm_exit" {print $1}' "$pf")
-  rm -f "$tv" "$pf"
+  rm -f "$tv"
   [ -n "$t_mark" ] || t_mark=$t_end
-  echo "$(( (t_mark - t0) / 1000000 )) $(( (t_end - t0) / 1000000 )) ${rss:-0} ${status:-1} ${exits:-0}"
+  echo "$(( (t_mark - t0) / 1000000 )) $(( (t_end - t0) / 1000000 )) ${rss:-0} ${status:-1}"
+}
+
+# count_exits CMD...: runs CMD (output discarded) and prints the VM exits its threads
+# took over the whole run: the kvm:kvm_exit tracepoint counted by perf (KVM's debugfs
+# totals only cover VMs still alive).
+count_exits() {
+  local pf; pf=$(mktemp)
+  perf stat -e kvm:kvm_exit -x, -o "$pf" -- "$@" >/dev/null 2>&1 || true
+  local exits; exits=$(awk -F, '$3 == "kvm:kvm_exit" {print $1}' "$pf")
+  rm -f "$pf"
+  echo "${exits:-0}"
 }
 
 # replace_section FILE NAME CONTENT_FILE: puts CONTENT_FILE between the markers

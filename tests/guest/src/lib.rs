@@ -56,19 +56,23 @@ pub fn mount_basics() {
     }
 }
 
-/// Ends the VM (the guest runs with `reboot=k`: a restart is husk's power-off). Never
-/// returns. Prints the agent's ready line first: a probe stands in for the agent, and
-/// `husk vm boot` counts a run as a boot only once it has seen that line.
-pub fn power_off() -> ! {
-    report("END");
+/// The guest's CLOCK_BOOTTIME in microseconds (what the agent's ready line carries).
+pub fn boottime_us() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: ts is a valid timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-    let us = ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000;
-    println!("HUSK-AGENT-READY boottime_us={us}");
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1000
+}
+
+/// Ends the VM (the guest runs with `reboot=k`: a restart is husk's power-off). Never
+/// returns. Prints the agent's ready line first: a probe stands in for the agent, and
+/// `husk vm boot` counts a run as a boot only once it has seen that line.
+pub fn power_off() -> ! {
+    report("END");
+    println!("HUSK-AGENT-READY boottime_us={}", boottime_us());
     // SAFETY: sync and reboot take no pointers.
     unsafe {
         libc::sync();
