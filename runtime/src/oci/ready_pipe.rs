@@ -1,10 +1,11 @@
 //! The pipe a helper process that husk spawns (the VM monitor, an exec proxy) reports
 //! on once it is ready: the write end becomes a fixed fd number in the child, the
 //! spawner reads the other end to EOF (the child closes it, or exits) within a deadline.
+//! Also the one "poll one fd until a deadline" of the OCI side.
 
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 use std::time::Instant;
@@ -41,6 +42,33 @@ pub fn give_to_child(command: &mut Command, write: &OwnedFd, target: RawFd) {
     }
 }
 
+/// Waits until `fd` is readable (true) or `deadline` passes (false).
+pub fn wait_readable(fd: BorrowedFd<'_>, deadline: Instant) -> io::Result<bool> {
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = left.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if r > 0 {
+            return Ok(true);
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+    }
+}
+
 /// Everything written to `read` until EOF; a `TimedOut` error if no EOF came by
 /// `deadline`.
 pub fn read_to_eof(read: OwnedFd, deadline: Instant) -> io::Result<Vec<u8>> {
@@ -48,30 +76,11 @@ pub fn read_to_eof(read: OwnedFd, deadline: Instant) -> io::Result<Vec<u8>> {
     let mut text = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if !wait_readable(file.as_fd(), deadline)? {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "no end of the report before the deadline",
             ));
-        }
-        let mut pfd = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            continue;
         }
         match file.read(&mut buf) {
             Ok(0) => return Ok(text),
