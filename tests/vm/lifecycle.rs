@@ -5,10 +5,11 @@
 //! the VM monitor and see the container's exit status).
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,27 @@ impl Scratch {
         let text = std::fs::read_to_string(&pid_file).unwrap();
         assert!(!text.ends_with('\n'), "pid file has a newline: {text:?}");
         (run, text.parse().unwrap())
+    }
+
+    /// A foreground `husk run` of `args` with `process.terminal`, in a new pty of
+    /// `size` that is husk's controlling terminal (see [`spawn_husk_in_pty`]).
+    fn run_tty_in_pty(
+        &self,
+        id: &str,
+        args: &[&str],
+        size: (u16, u16),
+    ) -> (Child, String, Instant, OwnedFd) {
+        let b = self.bundle(id, args, |c| c["process"]["terminal"] = json!(true));
+        let root = self.root();
+        let husk_args = [
+            "--root",
+            root.to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            id,
+        ];
+        spawn_husk_in_pty(&husk_args, size, true)
     }
 
     fn state(&self, id: &str) -> Value {
@@ -678,19 +700,7 @@ fn run_in_the_foreground_uses_the_callers_terminal() {
     let s = Scratch::new("runtty");
     let script = "stty size; tty; \
         while [ \"$(stty size)\" != '50 150' ]; do sleep 0.2; done; echo resized; exit 3";
-    let b = s.bundle("b", &["sh", "-c", script], |c| {
-        c["process"]["terminal"] = json!(true)
-    });
-    let root = s.root();
-    let args = [
-        "--root",
-        root.to_str().unwrap(),
-        "run",
-        "--bundle",
-        b.to_str().unwrap(),
-        "t1",
-    ];
-    let (child, token, start, master) = spawn_husk_in_pty(&args, (33, 77), true);
+    let (child, token, start, master) = s.run_tty_in_pty("t1", &["sh", "-c", script], (33, 77));
     let screen = Screen::follow(master.try_clone().unwrap());
     screen.wait_for("33 77", BOOT_DEADLINE, || {});
     screen.wait_for("/dev/pts/", CMD_DEADLINE, || {});
@@ -703,6 +713,33 @@ fn run_in_the_foreground_uses_the_callers_terminal() {
     let termios = nix::sys::termios::tcgetattr(&master).unwrap();
     let canonical = LocalFlags::ICANON | LocalFlags::ECHO;
     assert!(termios.local_flags.contains(canonical), "{termios:?}");
+    drop(master);
+    s.assert_clean(&[&ran.token]);
+}
+
+/// A foreground terminal `run` whose VM ends without its init exiting (SIGKILL to the
+/// paused container): the status is 137 and the caller's terminal is out of raw mode.
+#[test]
+fn a_killed_foreground_terminal_run_gives_the_terminal_back() {
+    let s = Scratch::new("ttykill");
+    let cmd = ["sh", "-c", "echo up; exec sleep 1000"];
+    let (child, token, start, master) = s.run_tty_in_pty("t2", &cmd, (24, 80));
+    let screen = Screen::follow(master.try_clone().unwrap());
+    screen.wait_for("up", BOOT_DEADLINE, || {});
+    let modes = || nix::sys::termios::tcgetattr(&master).unwrap().local_flags;
+    assert!(
+        !modes().contains(LocalFlags::ICANON),
+        "not raw while relaying"
+    );
+    s.husk(&["pause", "t2"]).assert_success();
+    s.husk(&["kill", "t2", "KILL"]).assert_success();
+    let ran = wait_husk(child, token, start, CMD_DEADLINE);
+    assert_eq!(code(&ran), 137, "{ran:#?} screen {:?}", screen.text());
+    assert!(
+        modes().contains(LocalFlags::ICANON | LocalFlags::ECHO),
+        "{:?}",
+        modes()
+    );
     drop(master);
     s.assert_clean(&[&ran.token]);
 }

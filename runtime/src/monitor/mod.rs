@@ -35,7 +35,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_protocol::{AgentError, ProcessRef, ProtocolError};
 use nix::sys::signal::{SigSet, Signal};
@@ -60,6 +60,9 @@ pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(500);
+/// How long the init's relay gets to end once the VM is gone, when the monitor ends
+/// for another reason than the init's exit.
+const RELAY_END: Duration = Duration::from_secs(2);
 
 /// What `husk create` tells the monitor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -300,6 +303,7 @@ impl Monitor {
             paused: false,
             pending: Vec::new(),
         };
+        let mut init_exited = false;
         let code = loop {
             let event = match events.recv_timeout(VM_CHECK) {
                 Ok(e) => e,
@@ -346,8 +350,12 @@ impl Monitor {
                         break code;
                     }
                 }
-                Event::InitExited(Ok(code)) => break code,
+                Event::InitExited(Ok(code)) => {
+                    init_exited = true;
+                    break code;
+                }
                 Event::InitExited(Err(message)) => {
+                    init_exited = true;
                     eprintln!("husk: container {}: {message}", self.config.id);
                     break 255;
                 }
@@ -359,6 +367,16 @@ impl Monitor {
         }
         if let Err(e) = self.sandbox.shutdown() {
             eprintln!("husk: warning: the VM did not shut down cleanly: {e}");
+        }
+        if state.built && !init_exited {
+            // The relay still runs; it ends with the VM's connections. Waiting for it
+            // lets it put the caller's terminal back (out of raw mode) before exiting.
+            let deadline = Instant::now() + RELAY_END;
+            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+                if let Ok(Event::InitExited(_)) | Err(_) = events.recv_timeout(left) {
+                    break;
+                }
+            }
         }
         code
     }
