@@ -692,6 +692,79 @@ fn a_terminal_init_gets_its_pty_through_the_console_socket() {
     s.assert_clean(&[&create.token]);
 }
 
+/// `exec -t` both ways it is used: as conmon runs `podman exec -it` (detached, with a
+/// console socket and a pid file: the master arrives, the exec sees a tty of the size set
+/// on it and what is typed, and the proxy's status is the exec's) and as a shell user
+/// runs it (in the foreground, in their own terminal). Beside an init without a tty.
+#[test]
+fn exec_with_a_tty_by_console_socket_and_in_the_callers_terminal() {
+    let s = Scratch::new("exectty");
+    let b = s.bundle("b", &["sleep", "1000"], |_| {});
+    let (create, pid) = s.create_with("c1", &b, &[]);
+    s.husk(&["start", "c1"]).assert_success();
+
+    let sock = s.dir.join("exec.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let exec_pid_file = s.dir.join("exec.pid");
+    let script = "while [ \"$(stty size)\" != '33 77' ]; do sleep 0.2; done; \
+        echo sized; tty; read line; echo \"got $line\"; exit 4";
+    s.husk(&[
+        "exec",
+        "--tty",
+        "--detach",
+        "--console-socket",
+        sock.to_str().unwrap(),
+        "--pid-file",
+        exec_pid_file.to_str().unwrap(),
+        "c1",
+        "sh",
+        "-c",
+        script,
+    ])
+    .assert_success();
+    let exec_pid: i32 = std::fs::read_to_string(&exec_pid_file)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (_, master) = receive_master(&listener).expect("no master from exec --tty");
+    set_window_size(&master, 33, 77);
+    let screen = Screen::follow(master.try_clone().unwrap());
+    screen.wait_for("sized", CMD_DEADLINE, || {});
+    screen.wait_for("/dev/pts/", CMD_DEADLINE, || {});
+    std::fs::File::from(master.try_clone().unwrap())
+        .write_all(b"hello\n")
+        .unwrap();
+    screen.wait_for("got hello", CMD_DEADLINE, || {});
+    assert_eq!(wait_monitor(exec_pid), 4, "screen: {:?}", screen.text());
+    drop(master);
+
+    let root = s.root();
+    let args = [
+        "--root",
+        root.to_str().unwrap(),
+        "exec",
+        "--tty",
+        "c1",
+        "sh",
+        "-c",
+        "stty size; tty; exit 5",
+    ];
+    let (child, token, start, master) = spawn_husk_in_pty(&args, (40, 100), true);
+    let screen = Screen::follow(master.try_clone().unwrap());
+    let ran = wait_husk(child, token, start, CMD_DEADLINE);
+    assert_eq!(code(&ran), 5, "{ran:#?} screen {:?}", screen.text());
+    screen.wait_for("40 100", CMD_DEADLINE, || {});
+    screen.wait_for("/dev/pts/", CMD_DEADLINE, || {});
+    drop(master);
+
+    // The init never had a tty and is still running.
+    assert_eq!(s.status("c1"), "running");
+    s.husk(&["kill", "c1", "KILL"]).assert_success();
+    assert_eq!(wait_monitor(pid), 137);
+    s.husk(&["delete", "c1"]).assert_success();
+    s.assert_clean(&[&create.token, &ran.token]);
+}
+
 /// A foreground `run` of a terminal process in a real terminal (husk's controlling
 /// tty, as in a shell): the container's tty is that terminal, of its size, following a
 /// resize; the exit status comes back.
