@@ -312,13 +312,14 @@ impl Monitor {
                 }
             }
         };
-        let _ = std::fs::remove_file(&self.socket);
+        wind_down(events);
         if state.paused {
             self.sandbox.resume();
         }
         if let Err(e) = self.sandbox.shutdown() {
             eprintln!("husk: warning: the VM did not shut down cleanly: {e}");
         }
+        let _ = std::fs::remove_file(&self.socket);
         code
     }
 
@@ -488,6 +489,43 @@ impl Monitor {
     }
 }
 
+/// Answers the control socket on a thread of its own while the monitor shuts its VM down
+/// (seconds on a loaded host): this process is still the container's and `state` says
+/// running, so `kill` must not fail (podman sends SIGKILL when a stop takes long, and
+/// fails the stop if the runtime refuses while this pid lives). The init is gone: a
+/// signal has nothing left to reach, as kill(2) of an exited, unreaped process succeeds.
+fn wind_down(events: mpsc::Receiver<Event>) {
+    let spawned = std::thread::Builder::new()
+        .name("husk-monitor-wind-down".into())
+        .stack_size(128 << 10)
+        .spawn(move || {
+            for event in events {
+                let Event::Request(stream) = event else {
+                    continue;
+                };
+                let Ok(request) = control::read_message::<MonitorRequest>(&stream) else {
+                    continue;
+                };
+                let _ = control::write_message(&stream, &wind_down_answer(&request));
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("husk: warning: cannot answer requests while the VM shuts down: {e}");
+    }
+}
+
+/// What a request gets once the container's init has exited.
+fn wind_down_answer(request: &MonitorRequest) -> MonitorResponse {
+    match request {
+        MonitorRequest::Kill { .. } => MonitorResponse::Ok,
+        MonitorRequest::Processes => MonitorResponse::Processes(Vec::new()),
+        MonitorRequest::Build
+        | MonitorRequest::Start
+        | MonitorRequest::Pause
+        | MonitorRequest::Resume => failure("the container's init has exited"),
+    }
+}
+
 /// The container's processes, from the agent.
 fn list_processes(sandbox: &Sandbox, id: &str) -> MonitorResponse {
     let listed = sandbox
@@ -508,5 +546,46 @@ fn list_processes(sandbox: &Sandbox, id: &str) -> MonitorResponse {
                 .collect(),
         ),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request as `husk kill` (or `ps`, `start`) sends it, answered by the wind-down.
+    fn ask(events: &mpsc::Sender<Event>, request: &MonitorRequest) -> MonitorResponse {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        control::write_message(&ours, request).unwrap();
+        events.send(Event::Request(theirs)).unwrap();
+        control::read_message(&ours).unwrap()
+    }
+
+    #[test]
+    fn after_the_init_exits_kill_succeeds_and_nothing_is_listed() {
+        let (tx, rx) = mpsc::channel();
+        wind_down(rx);
+        // Not requests: ignored, the thread goes on.
+        tx.send(Event::Signal(Signal::SIGTERM)).unwrap();
+        let kill = MonitorRequest::Kill {
+            signal: libc::SIGKILL,
+            all: false,
+        };
+        assert_eq!(ask(&tx, &kill), MonitorResponse::Ok);
+        assert_eq!(
+            ask(&tx, &MonitorRequest::Processes),
+            MonitorResponse::Processes(Vec::new())
+        );
+        match ask(&tx, &MonitorRequest::Start) {
+            MonitorResponse::Error {
+                kind: None,
+                message,
+            } => {
+                assert!(message.contains("has exited"), "{message}")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
     }
 }
