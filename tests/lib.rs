@@ -7,6 +7,8 @@
 //! compile time so both work unchanged.
 
 use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -325,4 +327,62 @@ impl Screen {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// Sets the window size of the terminal `fd` (a pty master: what a terminal emulator,
+/// conmon or containerd's shim does on a resize).
+pub fn set_window_size(fd: &OwnedFd, rows: u16, cols: u16) {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
+}
+
+/// Spawns husk with `args` and a new pty of `rows` x `cols` as its stdio; with `ctty`
+/// also as its controlling terminal (a session of its own), so that resizes of the
+/// master send it SIGWINCH. Returns the child, its token, its start and the master.
+pub fn spawn_husk_in_pty(
+    args: &[&str],
+    (rows, cols): (u16, u16),
+    ctty: bool,
+) -> (Child, String, Instant, OwnedFd) {
+    let pty = nix::pty::openpty(
+        Some(&nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        }),
+        None,
+    )
+    .expect("openpty");
+    let (mut command, token) = husk_command(args);
+    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
+    command
+        .stdin(slave(&pty.slave))
+        .stdout(slave(&pty.slave))
+        .stderr(slave(&pty.slave));
+    if ctty {
+        // SAFETY: only async-signal-safe calls between fork and exec.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let start = Instant::now();
+    let child = command.spawn().expect("spawn husk");
+    // Only husk may hold the slave now: the master reads EIO once husk (and whatever
+    // inherited the slave from it) has exited.
+    drop(command);
+    drop(pty.slave);
+    (child, token, start, pty.master)
 }

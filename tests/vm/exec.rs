@@ -5,7 +5,6 @@
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -17,7 +16,8 @@ use husk::oci::{spawn_exec_proxy_with, BackendError, ExecRequest};
 use husk::sandbox::{command_spec, unique_id, Command, Sandbox, SandboxConfig};
 use husk_protocol::StdioConfig;
 use husk_tests::{
-    busybox_rootfs, husk_bin, husk_command, repo_root, scratch, wait_husk, Run, Screen,
+    busybox_rootfs, husk_bin, husk_command, repo_root, scratch, set_window_size, wait_husk, Run,
+    Screen,
 };
 use oci_spec::runtime::Process;
 
@@ -118,18 +118,6 @@ fn code(run: &Run) -> i32 {
     run.status
         .code()
         .unwrap_or_else(|| panic!("the proxy was killed by a signal: {run:#?}"))
-}
-
-fn set_size(master: &OwnedFd, rows: u16, cols: u16) {
-    let ws = libc::winsize {
-        ws_row: rows,
-        ws_col: cols,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize.
-    let r = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
-    assert_eq!(r, 0, "TIOCSWINSZ: {}", std::io::Error::last_os_error());
 }
 
 /// Waits for child `pid` of this process; its exit code.
@@ -251,13 +239,13 @@ fn exec_proxy_relays_stdio_statuses_signals_and_a_console() {
         "the process.json must be gone"
     );
     // Like conmon: size the terminal once received.
-    set_size(&master, 30, 100);
+    set_window_size(&master, 30, 100);
     let mut typing = File::from(master.try_clone().unwrap());
     let screen = Screen::follow(master.try_clone().unwrap());
     let mut type_line = |line: &str| typing.write_all(line.as_bytes()).unwrap();
     type_line("stty size\n");
     screen.wait_for("30 100", DEADLINE, || type_line("stty size\n"));
-    set_size(&master, 45, 132);
+    set_window_size(&master, 45, 132);
     let mut typing2 = File::from(master.try_clone().unwrap());
     let mut retype = || typing2.write_all(b"stty size\n").unwrap();
     retype();

@@ -4,13 +4,21 @@
 //! inherits them; this test process is a child subreaper, as conmon is, so it can reap
 //! the VM monitor and see the container's exit status).
 
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use husk_tests::{assert_no_leftover_process, busybox_rootfs, husk, husk_bin, husk_command, Run};
+use husk::oci::console::receive_master;
+use husk_tests::{
+    assert_no_leftover_process, busybox_rootfs, husk, husk_bin, husk_command, set_window_size,
+    spawn_husk_in_pty, wait_husk, Run, Screen,
+};
+use nix::sys::termios::LocalFlags;
 use serde_json::{json, Value};
 
 /// A create or run: a VM boots (seconds in the test bed, far more on a loaded one).
@@ -106,23 +114,47 @@ impl Scratch {
 
     /// `create` of `bundle` as `id` with a pid file; returns the run and the pid.
     fn create(&self, id: &str, bundle: &Path) -> (Run, i32) {
+        self.create_with(id, bundle, &[])
+    }
+
+    /// [`Self::create`] with `extra` options before the id.
+    fn create_with(&self, id: &str, bundle: &Path, extra: &[&str]) -> (Run, i32) {
         let pid_file = self.dir.join(format!("{id}.pid"));
-        let run = self.husk_files(
-            id,
-            &[
-                "create",
-                "--bundle",
-                bundle.to_str().unwrap(),
-                "--pid-file",
-                pid_file.to_str().unwrap(),
-                id,
-            ],
-            BOOT_DEADLINE,
-        );
+        let mut args = vec![
+            "create",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--pid-file",
+            pid_file.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        args.push(id);
+        let run = self.husk_files(id, &args, BOOT_DEADLINE);
         assert!(run.status.success(), "create {id}: {run:#?}");
         let text = std::fs::read_to_string(&pid_file).unwrap();
         assert!(!text.ends_with('\n'), "pid file has a newline: {text:?}");
         (run, text.parse().unwrap())
+    }
+
+    /// A foreground `husk run` of `args` with `process.terminal`, in a new pty of
+    /// `size` that is husk's controlling terminal (see [`spawn_husk_in_pty`]).
+    fn run_tty_in_pty(
+        &self,
+        id: &str,
+        args: &[&str],
+        size: (u16, u16),
+    ) -> (Child, String, Instant, OwnedFd) {
+        let b = self.bundle(id, args, |c| c["process"]["terminal"] = json!(true));
+        let root = self.root();
+        let husk_args = [
+            "--root",
+            root.to_str().unwrap(),
+            "run",
+            "--bundle",
+            b.to_str().unwrap(),
+            id,
+        ];
+        spawn_husk_in_pty(&husk_args, size, true)
     }
 
     fn state(&self, id: &str) -> Value {
@@ -622,4 +654,142 @@ fn twenty_create_delete_cycles_leave_nothing() {
         String::from_utf8_lossy(&pgrep.stdout)
     );
     let _ = husk_bin();
+}
+
+/// `process.terminal` with a console socket, as conmon runs `podman run -it`: the pty
+/// master has arrived when `create` returns; the guest's init has a real tty of the
+/// master's size, follows a resize while it runs, and its exit status is the monitor's.
+#[test]
+fn a_terminal_init_gets_its_pty_through_the_console_socket() {
+    let s = Scratch::new("tty");
+    let b = s.bundle("b", &["sh"], |c| c["process"]["terminal"] = json!(true));
+    let sock = s.dir.join("console.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let (create, pid) = s.create_with("c1", &b, &["--console-socket", sock.to_str().unwrap()]);
+    // Not waiting: the master must be there already.
+    listener.set_nonblocking(true).unwrap();
+    let (name, master) = receive_master(&listener).expect("no master when create returned");
+    assert_eq!(name, "/dev/ptmx");
+    assert_eq!(s.status("c1"), "created");
+    // Like conmon: size the terminal once received, before start.
+    set_window_size(&master, 33, 77);
+    let screen = Screen::follow(master.try_clone().unwrap());
+    let mut typing = std::fs::File::from(master.try_clone().unwrap());
+    let mut type_line = |line: &str| typing.write_all(line.as_bytes()).unwrap();
+    s.husk(&["start", "c1"]).assert_success();
+    type_line("stty size; tty\n");
+    screen.wait_for("33 77", CMD_DEADLINE, || type_line("stty size; tty\n"));
+    screen.wait_for("/dev/pts/", CMD_DEADLINE, || {});
+    // A resize of the master while it runs (what conmon does on podman's SIGWINCH).
+    set_window_size(&master, 50, 150);
+    type_line("stty size\n");
+    screen.wait_for("50 150", CMD_DEADLINE, || type_line("stty size\n"));
+    type_line("exit 3\n");
+    assert_eq!(wait_monitor(pid), 3, "screen: {:?}", screen.text());
+    assert_eq!(s.status("c1"), "stopped");
+    s.husk(&["delete", "c1"]).assert_success();
+    drop(master);
+    s.assert_clean(&[&create.token]);
+}
+
+/// A foreground `run` of a terminal process in a real terminal (husk's controlling
+/// tty, as in a shell): the container's tty is that terminal, of its size, following a
+/// resize; the exit status comes back.
+#[test]
+fn run_in_the_foreground_uses_the_callers_terminal() {
+    let s = Scratch::new("runtty");
+    let script = "stty size; tty; \
+        while [ \"$(stty size)\" != '50 150' ]; do sleep 0.2; done; echo resized; exit 3";
+    let (child, token, start, master) = s.run_tty_in_pty("t1", &["sh", "-c", script], (33, 77));
+    let screen = Screen::follow(master.try_clone().unwrap());
+    screen.wait_for("33 77", BOOT_DEADLINE, || {});
+    screen.wait_for("/dev/pts/", CMD_DEADLINE, || {});
+    set_window_size(&master, 50, 150);
+    screen.wait_for("resized", CMD_DEADLINE, || {});
+    let ran = wait_husk(child, token, start, CMD_DEADLINE);
+    assert_eq!(code(&ran), 3, "{ran:#?} screen {:?}", screen.text());
+    // The terminal is back in its own mode (the relay's raw mode was undone); on a
+    // pty master, TCGETS reads the slave's settings.
+    let termios = nix::sys::termios::tcgetattr(&master).unwrap();
+    let canonical = LocalFlags::ICANON | LocalFlags::ECHO;
+    assert!(termios.local_flags.contains(canonical), "{termios:?}");
+    drop(master);
+    s.assert_clean(&[&ran.token]);
+}
+
+/// A foreground terminal `run` whose VM ends without its init exiting (SIGKILL to the
+/// paused container): the status is 137 and the caller's terminal is out of raw mode.
+#[test]
+fn a_killed_foreground_terminal_run_gives_the_terminal_back() {
+    let s = Scratch::new("ttykill");
+    let cmd = ["sh", "-c", "echo up; exec sleep 1000"];
+    let (child, token, start, master) = s.run_tty_in_pty("t2", &cmd, (24, 80));
+    let screen = Screen::follow(master.try_clone().unwrap());
+    screen.wait_for("up", BOOT_DEADLINE, || {});
+    let modes = || nix::sys::termios::tcgetattr(&master).unwrap().local_flags;
+    assert!(
+        !modes().contains(LocalFlags::ICANON),
+        "not raw while relaying"
+    );
+    s.husk(&["pause", "t2"]).assert_success();
+    s.husk(&["kill", "t2", "KILL"]).assert_success();
+    let ran = wait_husk(child, token, start, CMD_DEADLINE);
+    assert_eq!(code(&ran), 137, "{ran:#?} screen {:?}", screen.text());
+    assert!(
+        modes().contains(LocalFlags::ICANON | LocalFlags::ECHO),
+        "{:?}",
+        modes()
+    );
+    drop(master);
+    s.assert_clean(&[&ran.token]);
+}
+
+/// runc's rules for terminals and console sockets: each refusal is one line and leaves
+/// nothing (no state directory, no monitor, no socket); so does a console socket nobody
+/// listens on, found only once the VM is up.
+#[test]
+fn terminal_misuse_fails_cleanly() {
+    let s = Scratch::new("ttyerr");
+    let tty = s.bundle("tty", &["true"], |c| c["process"]["terminal"] = json!(true));
+    let plain = s.bundle("plain", &["true"], |_| {});
+    let sock = s.dir.join("nobody.sock");
+    let sock = sock.to_str().unwrap();
+    let (tty, plain) = (tty.to_str().unwrap(), plain.to_str().unwrap());
+    let cases: [(&str, Vec<&str>, &str); 5] = [
+        (
+            "create-tty",
+            vec!["create", "--bundle", tty, "e1"],
+            "cannot allocate tty if husk will detach without setting console socket",
+        ),
+        (
+            "run-detach-tty",
+            vec!["run", "--detach", "--bundle", tty, "e2"],
+            "cannot allocate tty if husk will detach without setting console socket",
+        ),
+        (
+            "create-plain-socket",
+            vec!["create", "--console-socket", sock, "--bundle", plain, "e3"],
+            "cannot use console socket if husk will not detach or allocate tty",
+        ),
+        (
+            "run-foreground-socket",
+            vec!["run", "--console-socket", sock, "--bundle", tty, "e4"],
+            "cannot use console socket if husk will not detach or allocate tty",
+        ),
+        (
+            "create-nobody-listens",
+            vec!["create", "--console-socket", sock, "--bundle", tty, "e5"],
+            "console socket",
+        ),
+    ];
+    let mut tokens = Vec::new();
+    for (name, args, needle) in cases {
+        let run = s.husk_files(name, &args, BOOT_DEADLINE);
+        println!("{name}: {:?} in {:?}", run.stderr.trim(), run.elapsed);
+        run.assert_one_line_error(needle);
+        reap_children();
+        s.assert_clean(&[&run.token]);
+        tokens.push(run.token);
+    }
+    assert!(!Path::new(sock).exists());
 }

@@ -3,14 +3,14 @@
 //! nothing behind (process, state directory, socket).
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use husk_tests::{
-    busybox_rootfs as rootfs, husk, husk_command, scratch, spawn_husk, wait_husk, Run, Screen,
+    busybox_rootfs as rootfs, husk, scratch, set_window_size, spawn_husk, spawn_husk_in_pty,
+    wait_husk, Run, Screen,
 };
 
 /// Generous: inside the emulated test bed on a loaded machine one run took over a minute
@@ -153,24 +153,8 @@ fn sigterm_during_boot_abandons_it_and_cleans_up() {
     assert_eq!(code(&ran), 143, "{ran:#?}");
 }
 
-/// `husk vm run -t -- CMD...` with a new pty of `rows` x `cols` as its stdio; with
-/// `ctty` also as its controlling terminal (a session of its own), so that resizes of
-/// the master send it SIGWINCH. Returns the child, its token, its start and the master.
-fn run_in_pty(
-    (rows, cols): (u16, u16),
-    cmd: &[&str],
-    ctty: bool,
-) -> (Child, String, Instant, OwnedFd) {
-    let pty = nix::pty::openpty(
-        Some(&nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        }),
-        None,
-    )
-    .unwrap();
+/// `husk vm run -t -- CMD...` in a new pty (see [`spawn_husk_in_pty`]).
+fn run_in_pty(size: (u16, u16), cmd: &[&str], ctty: bool) -> (Child, String, Instant, OwnedFd) {
     let root = rootfs().to_str().unwrap().to_string();
     let mut args = vec![
         "vm",
@@ -183,29 +167,7 @@ fn run_in_pty(
         "--",
     ];
     args.extend_from_slice(cmd);
-    let (mut command, token) = husk_command(&args);
-    let slave = |fd: &OwnedFd| Stdio::from(fd.try_clone().unwrap());
-    command
-        .stdin(slave(&pty.slave))
-        .stdout(slave(&pty.slave))
-        .stderr(slave(&pty.slave));
-    if ctty {
-        // SAFETY: only async-signal-safe calls between fork and exec.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    }
-    let start = Instant::now();
-    let child = command.spawn().expect("spawn husk");
-    // Only husk may hold the slave now: the master reads EIO once husk has exited.
-    drop(command);
-    drop(pty.slave);
-    (child, token, start, pty.master)
+    spawn_husk_in_pty(&args, size, ctty)
 }
 
 #[test]
@@ -226,17 +188,7 @@ fn a_tty_follows_a_live_resize() {
     let (child, token, start, master) = run_in_pty((37, 101), &["sh", "-c", script], true);
     let screen = Screen::follow(master.try_clone().unwrap());
     screen.wait_for("37 101", RUN_DEADLINE, || {});
-    let ws = libc::winsize {
-        ws_row: 50,
-        ws_col: 150,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize.
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) },
-        0
-    );
+    set_window_size(&master, 50, 150);
     screen.wait_for("resized", RUN_DEADLINE, || {});
     let ran = finish(child, token, start, RUN_DEADLINE);
     assert_eq!(code(&ran), 0, "{ran:#?} screen {:?}", screen.text());

@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Args;
 use husk_protocol::{AgentError, ProcessRef, ProtocolError};
-use oci_spec::runtime::{BoxBuilder, Process};
+use oci_spec::runtime::Process;
 
 use super::Context;
 use crate::oci::exec_proxy::{send_report, ProxyReport};
@@ -101,17 +101,8 @@ fn start(args: &ExecProxyArgs, process: &ProcessRef) -> Result<(Relay, i32), Age
     let relay = Relay::open(&agent, process.clone(), mode)
         .context("cannot set up the exec's stdio")
         .map_err(internal)?;
+    relay.fit(&mut spec);
     let stdio = relay.stdio();
-    spec.set_terminal(Some(stdio.terminal));
-    if spec.console_size().is_none() {
-        if let Some((rows, cols)) = relay.tty_size() {
-            let size = BoxBuilder::default()
-                .height(u64::from(rows))
-                .width(u64::from(cols))
-                .build();
-            spec.set_console_size(size.ok());
-        }
-    }
     let mut control = agent
         .control()
         .context("cannot reach the agent")

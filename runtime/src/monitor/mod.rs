@@ -3,8 +3,10 @@
 //! itself, so the container's lock does not leak into it); it boots the container's
 //! microVM in its own threads, then serves the lifecycle commands on a control socket
 //! ([`control`]) until the container's init exits, and exits with the init's status
-//! (128+N for signal N). Its fds 0/1/2, inherited from `husk create` (conmon's pipes),
-//! are the init's stdio.
+//! (128+N for signal N). The init's stdio is relayed by [`crate::sandbox::relay`]: the
+//! monitor's fds 0/1/2, inherited from `husk create` (conmon's pipes); with
+//! `process.terminal`, a pty whose master went to `--console-socket` during `create`, or
+//! for a foreground `husk run` the caller's own terminal (see [`InitStdio`]).
 //!
 //! ```text
 //! husk create ─ monitor.json ─ spawn ─> husk sandbox-monitor --state-dir D --ready-fd 3
@@ -13,8 +15,10 @@
 //!                                         ├─ bind D/monitor.sock
 //!                                         ├─ Sandbox::start (VM threads, agent ready, shares)
 //!  <──────────────── "ok" / "error: ..." ─┤ ready pipe
-//! husk create: hooks, Build ─────────────>├─ CreateContainer (spec already guest-local)
-//! husk start:  Start ────────────────────>├─ StartContainer; a waiter thread Waits
+//! husk create: hooks, Build ─────────────>├─ Relay::open (console master sent), then
+//!                                         │  CreateContainer (spec already guest-local);
+//!                                         │  a relay thread: stdio, tty size, Wait
+//! husk start:  Start ────────────────────>├─ StartContainer
 //!                          init exits ───>└─ drain output, Shutdown, exit(status)
 //! ```
 //!
@@ -30,17 +34,18 @@ use std::io::{self, Write};
 use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use husk_protocol::{AgentError, ProcessRef, ProtocolError, StdioConfig, StreamKind};
+use husk_protocol::{AgentError, ProcessRef, ProtocolError};
 use nix::sys::signal::{SigSet, Signal};
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::relay::{FORWARDED_SIGNALS, OUTPUT_DRAIN};
-use crate::sandbox::stdio::{relay, std_fd};
-use crate::sandbox::{Sandbox, SandboxConfig, SandboxError, Share};
+use crate::sandbox::relay::FORWARDED_SIGNALS;
+use crate::sandbox::{
+    Relay, Sandbox, SandboxConfig, SandboxError, Share, SignalForwarder, StdioMode,
+};
 use binds::BindSource;
 use control::{MonitorRequest, MonitorResponse, ProcessEntry};
 
@@ -55,6 +60,9 @@ pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(500);
+/// How long the init's relay gets to end once the VM is gone, when the monitor ends
+/// for another reason than the init's exit.
+const RELAY_END: Duration = Duration::from_secs(2);
 
 /// What `husk create` tells the monitor.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,6 +79,31 @@ pub struct MonitorConfig {
     /// `linux.cgroupsPath`, if any.
     pub cgroups_path: Option<String>,
     pub ready_timeout_secs: u64,
+    /// Where the init's stdio goes.
+    pub stdio: InitStdio,
+}
+
+/// Where a container's init gets its stdio on the host, from `process.terminal` and
+/// `--console-socket` (runc's three cases).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum InitStdio {
+    /// No terminal: the monitor's fds 0/1/2 (conmon's pipes) as stdin/stdout/stderr.
+    Inherit,
+    /// A terminal relayed to the monitor's own terminal (a foreground `husk run`).
+    CallerTerminal,
+    /// A terminal whose pty master goes to the client on this console socket during
+    /// `create` (absolute path).
+    ConsoleSocket(PathBuf),
+}
+
+impl InitStdio {
+    pub fn mode(&self) -> StdioMode<'_> {
+        match self {
+            InitStdio::Inherit => StdioMode::Inherit,
+            InitStdio::CallerTerminal => StdioMode::CallerTerminal,
+            InitStdio::ConsoleSocket(socket) => StdioMode::ConsoleSocket(socket),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -134,6 +167,8 @@ struct Monitor {
     config: MonitorConfig,
     sandbox: Sandbox,
     socket: PathBuf,
+    /// Follows the init's tty size (SIGWINCH) while its relay runs.
+    tty_size: Arc<SignalForwarder>,
 }
 
 fn boot(state_dir: &Path, events: mpsc::Sender<Event>) -> Result<Monitor, MonitorError> {
@@ -144,7 +179,7 @@ fn boot(state_dir: &Path, events: mpsc::Sender<Event>) -> Result<Monitor, Monito
     }
     binds::unshare_mounts()?;
     binds::mount_all(&state_dir.join(binds::BINDS_DIR), &config.binds)?;
-    start_signal_thread(events.clone())?;
+    let tty_size = start_signal_threads(events.clone())?;
 
     let socket = state_dir.join(control::SOCKET);
     let listener = UnixListener::bind(&socket).map_err(|source| MonitorError::Listen {
@@ -192,19 +227,28 @@ fn boot(state_dir: &Path, events: mpsc::Sender<Event>) -> Result<Monitor, Monito
         config,
         sandbox,
         socket,
+        tty_size,
     })
 }
 
-/// Blocks the forwarded signals (in this thread, so in every later one) and receives
-/// them on a thread of their own.
-fn start_signal_thread(events: mpsc::Sender<Event>) -> Result<(), MonitorError> {
+/// Blocks the forwarded signals and SIGWINCH in this thread, so in every later one,
+/// before any thread exists (one without them blocked could take a signal with its
+/// default action: death, or a lost resize). The forwarded signals are received on a
+/// thread of the monitor's own, which turns them into [`Event::Signal`] (a `Kill`
+/// request that respects a pause); SIGWINCH goes to the returned forwarder, which
+/// passes a resize of the init's tty on while its relay runs.
+fn start_signal_threads(events: mpsc::Sender<Event>) -> Result<Arc<SignalForwarder>, MonitorError> {
     let mut set = SigSet::empty();
     // The signals a relay forwards: the same set as `husk vm run` and the exec proxy.
     for sig in FORWARDED_SIGNALS {
         set.add(sig);
     }
-    set.thread_block()
+    let mut blocked = set;
+    blocked.add(Signal::SIGWINCH);
+    blocked
+        .thread_block()
         .map_err(|e| MonitorError::Signals(e.to_string()))?;
+    let tty_size = SignalForwarder::start(&[]).map_err(|e| MonitorError::Signals(e.to_string()))?;
     std::thread::Builder::new()
         .name("husk-monitor-signals".into())
         .stack_size(128 << 10)
@@ -216,7 +260,7 @@ fn start_signal_thread(events: mpsc::Sender<Event>) -> Result<(), MonitorError> 
             }
         })
         .map_err(|e| MonitorError::Signals(e.to_string()))?;
-    Ok(())
+    Ok(tty_size)
 }
 
 /// The answer for an agent's refusal or a lost connection.
@@ -259,6 +303,7 @@ impl Monitor {
             paused: false,
             pending: Vec::new(),
         };
+        let mut init_exited = false;
         let code = loop {
             let event = match events.recv_timeout(VM_CHECK) {
                 Ok(e) => e,
@@ -305,19 +350,28 @@ impl Monitor {
                         break code;
                     }
                 }
-                Event::InitExited(Ok(code)) => break code,
+                Event::InitExited(Ok(code)) => {
+                    init_exited = true;
+                    break code;
+                }
                 Event::InitExited(Err(message)) => {
+                    init_exited = true;
                     eprintln!("husk: container {}: {message}", self.config.id);
                     break 255;
                 }
             }
         };
-        wind_down(events);
+        let init_exits = wind_down(events);
         if state.paused {
             self.sandbox.resume();
         }
         if let Err(e) = self.sandbox.shutdown() {
             eprintln!("husk: warning: the VM did not shut down cleanly: {e}");
+        }
+        if state.built && !init_exited {
+            // The relay still runs; it ends with the VM's connections. Waiting for it
+            // lets it put the caller's terminal back (out of raw mode) before exiting.
+            let _ = init_exits.recv_timeout(RELAY_END);
         }
         let _ = std::fs::remove_file(&self.socket);
         code
@@ -410,81 +464,35 @@ impl Monitor {
         list_processes(&self.sandbox, &self.config.id)
     }
 
-    /// Opens the init's streams, has the agent build the container, starts relaying
-    /// stdio and waiting for the init.
+    /// Opens the init's stdio (a console's master reaches its client here, before
+    /// `create` returns), has the agent build the container, then relays the init's
+    /// stdio and tty size on a thread until it exits.
     fn build(&self, events: &mpsc::Sender<Event>) -> Result<(), MonitorResponse> {
         let agent = self.sandbox.agent();
-        let init = self.init();
-        let stdio = StdioConfig {
-            stdin: true,
-            stdout: true,
-            stderr: true,
-            terminal: false,
-        };
-        let mut streams = Vec::new();
-        for kind in stdio.kinds() {
-            let s = agent
-                .open_stream(&init, kind)
-                .map_err(|e| failure(format!("cannot open the init's {kind:?} stream: {e}")))?;
-            streams.push((kind, s));
+        let relay = Relay::open(agent, self.init(), self.config.stdio.mode())
+            .map_err(|e| failure(format!("cannot set up the init's stdio: {e}")))?;
+        let mut spec = self.config.spec.clone();
+        if let Some(process) = spec.process_mut() {
+            relay.fit(process);
         }
         let mut control = agent.control().map_err(|e| failure(e.to_string()))?;
-        let mut waiter = agent.control().map_err(|e| failure(e.to_string()))?;
         control
-            .create_container(&self.config.id, self.config.spec.clone(), stdio)
+            .create_container(&self.config.id, spec, relay.stdio())
             .map_err(|e| protocol_error("build the container", e))?;
-        let (done_tx, done_rx) = mpsc::channel();
-        let mut outputs = 0;
-        for (kind, stream) in streams {
-            let started = match kind {
-                StreamKind::Stdin => {
-                    let eof = stream.try_clone();
-                    relay("husk-stdin", std_fd(0), stream, None, move || {
-                        if let Ok(s) = eof {
-                            let _ = s.shutdown(std::net::Shutdown::Write);
-                        }
-                    })
-                }
-                StreamKind::Stdout | StreamKind::Stderr => {
-                    outputs += 1;
-                    let fd = if kind == StreamKind::Stdout { 1 } else { 2 };
-                    relay(
-                        "husk-output",
-                        stream,
-                        std_fd(fd),
-                        Some(done_tx.clone()),
-                        || {},
-                    )
-                }
-                StreamKind::Tty => Ok(()),
-            };
-            started.map_err(|e| failure(format!("cannot start a relay thread: {e}")))?;
-        }
-        drop(done_tx);
         let events = events.clone();
+        let tty_size = self.tty_size.clone();
         std::thread::Builder::new()
-            .name("husk-monitor-wait".into())
-            .stack_size(128 << 10)
+            .name("husk-monitor-relay".into())
+            .stack_size(256 << 10)
             .spawn(move || {
-                let status = waiter
-                    .get_ref()
-                    .set_read_timeout(None)
-                    .map_err(ProtocolError::Io)
-                    .and_then(|()| waiter.wait(init));
-                // Everything the init wrote before it exited is on its way.
-                let deadline = std::time::Instant::now() + OUTPUT_DRAIN;
-                for _ in 0..outputs {
-                    let left = deadline.saturating_duration_since(std::time::Instant::now());
-                    if done_rx.recv_timeout(left).is_err() {
-                        break;
-                    }
-                }
-                let result = status
+                // Returns once the init exited and its output drained (bounded).
+                let result = relay
+                    .run(Some(&tty_size))
                     .map(|s| s.code())
                     .map_err(|e| format!("lost the container's init: {e}"));
                 let _ = events.send(Event::InitExited(result));
             })
-            .map_err(|e| failure(format!("cannot start the wait thread: {e}")))?;
+            .map_err(|e| failure(format!("cannot start the relay thread: {e}")))?;
         Ok(())
     }
 }
@@ -494,14 +502,22 @@ impl Monitor {
 /// running, so `kill` must not fail (podman sends SIGKILL when a stop takes long, and
 /// fails the stop if the runtime refuses while this pid lives). The init is gone: a
 /// signal has nothing left to reach, as kill(2) of an exited, unreaped process succeeds.
-fn wind_down(events: mpsc::Receiver<Event>) {
+/// Returns a channel that hears of the init's exit (the wait thread still reports it
+/// when the monitor ended for another reason).
+fn wind_down(events: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
+    let (exits_tx, exits) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("husk-monitor-wind-down".into())
         .stack_size(128 << 10)
         .spawn(move || {
             for event in events {
-                let Event::Request(stream) = event else {
-                    continue;
+                let stream = match event {
+                    Event::Request(stream) => stream,
+                    Event::InitExited(_) => {
+                        let _ = exits_tx.send(());
+                        continue;
+                    }
+                    Event::Signal(_) => continue,
                 };
                 let Ok(request) = control::read_message::<MonitorRequest>(&stream) else {
                     continue;
@@ -512,6 +528,7 @@ fn wind_down(events: mpsc::Receiver<Event>) {
     if let Err(e) = spawned {
         eprintln!("husk: warning: cannot answer requests while the VM shuts down: {e}");
     }
+    exits
 }
 
 /// What a request gets once the container's init has exited.
@@ -566,7 +583,7 @@ mod tests {
     #[test]
     fn after_the_init_exits_kill_succeeds_and_nothing_is_listed() {
         let (tx, rx) = mpsc::channel();
-        wind_down(rx);
+        let init_exits = wind_down(rx);
         // Not requests: ignored, the thread goes on.
         tx.send(Event::Signal(Signal::SIGTERM)).unwrap();
         let kill = MonitorRequest::Kill {
@@ -587,5 +604,8 @@ mod tests {
             }
             other => panic!("unexpected answer {other:?}"),
         }
+        // The init's exit, reported late, is passed on.
+        tx.send(Event::InitExited(Ok(0))).unwrap();
+        init_exits.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 }

@@ -16,10 +16,9 @@
 //! exists and the console master has reached the client (conmon fails otherwise).
 
 use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::io::Write;
+use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -28,6 +27,7 @@ use husk_protocol::{AgentError, ErrorKind};
 
 use super::backend::{BackendError, ExecRequest};
 use super::process::HostProcess;
+use super::ready_pipe;
 
 /// The fd on which the proxy reports whether the process started.
 pub const READY_FD: RawFd = 3;
@@ -161,25 +161,11 @@ fn spawn_and_wait_ready(
     husk: &Path,
     args: &[std::ffi::OsString],
 ) -> Result<(Child, ProxyReport), BackendError> {
-    let (ready_r, ready_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
-        .map_err(|e| failed("create the exec proxy's pipe", e))?;
-    let w = ready_w.as_raw_fd();
+    let (ready_r, ready_w) =
+        ready_pipe::pipe().map_err(|e| failed("create the exec proxy's pipe", e))?;
     let mut command = Command::new(husk);
     command.args(args);
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        command.pre_exec(move || {
-            if w == READY_FD {
-                // Already in place: only the close-on-exec flag must go.
-                if libc::fcntl(w, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(w, READY_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    ready_pipe::give_to_child(&mut command, &ready_w, READY_FD);
     let mut child = command
         .spawn()
         .map_err(|e| failed(&format!("start {}", husk.display()), e))?;
@@ -206,43 +192,16 @@ fn spawn_and_wait_ready(
 
 /// Reads the proxy's report until EOF, within `timeout`. `Ok(None)`: EOF without one.
 fn read_report(fd: OwnedFd, timeout: Duration) -> std::io::Result<Option<ProxyReport>> {
-    let deadline = Instant::now() + timeout;
-    let mut file = File::from(fd);
-    let mut text = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::Error::new(
+    let text = ready_pipe::read_to_eof(fd, Instant::now() + timeout).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("no answer from the exec proxy within {timeout:?}"),
-            ));
+            )
+        } else {
+            e
         }
-        let mut pfd = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            continue;
-        }
-        match file.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => text.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+    })?;
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

@@ -23,6 +23,7 @@ pub mod id;
 pub mod log;
 pub mod pidfile;
 pub mod process;
+pub mod ready_pipe;
 pub mod runtime;
 pub mod sandbox_backend;
 pub mod signal;

@@ -4,11 +4,12 @@
 //! process's exit code, or 128+N when signal N killed it).
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
+use super::ready_pipe;
 use super::signal::Signal;
 
 /// A host process as the state store remembers it.
@@ -120,30 +121,10 @@ impl HostProcess {
         let Some(fd) = self.pidfd()? else {
             return Ok(true);
         };
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let mut pfd = libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            let ms = left.as_millis().min(i32::MAX as u128) as i32;
-            // SAFETY: one valid pollfd.
-            let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-            if r > 0 {
-                return Ok(true);
-            }
-            if r < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() != io::ErrorKind::Interrupted {
-                    return Err(err);
-                }
-            }
-            if Instant::now() >= deadline {
-                return Ok(!self.is_alive());
-            }
+        if ready_pipe::wait_readable(fd.as_fd(), Instant::now() + timeout)? {
+            return Ok(true);
         }
+        Ok(!self.is_alive())
     }
 }
 

@@ -136,18 +136,23 @@ fn user_name(uid: u32) -> String {
 }
 
 /// runc's rules for a terminal: a detached process with a terminal needs somewhere to
-/// send it, and a console socket without a terminal is a mistake.
+/// send it; a console socket is only for a detached process with a terminal (a
+/// foreground one uses the caller's own terminal). runc's words, with husk's name.
 fn check_terminal(terminal: bool, console_socket: bool, detach: bool) -> Result<()> {
     if terminal && detach && !console_socket {
         return Err(RuntimeError::Usage(
             "cannot allocate tty if husk will detach without setting console socket".into(),
         ));
     }
-    if console_socket && !terminal {
-        return Err(RuntimeError::Usage(
-            "cannot use console socket if husk will not allocate tty (process.terminal is false)"
-                .into(),
-        ));
+    if console_socket && !(terminal && detach) {
+        let why = if terminal {
+            "a foreground process uses husk's own terminal"
+        } else {
+            "process.terminal is false"
+        };
+        return Err(RuntimeError::Usage(format!(
+            "cannot use console socket if husk will not detach or allocate tty ({why})"
+        )));
     }
     Ok(())
 }
@@ -889,5 +894,29 @@ mod tests {
         assert!(e.contains("executable file not found in $PATH"), "{e}");
         assert!(rt.list().unwrap().is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// runc's table: (terminal, console socket, detach) -> error words.
+    #[test]
+    fn terminal_and_console_socket_follow_runc() {
+        let words = |t, c, d| check_terminal(t, c, d).err().map(|e| e.to_string());
+        assert_eq!(words(true, true, true), None);
+        assert_eq!(words(true, false, false), None);
+        assert_eq!(words(false, false, true), None);
+        assert_eq!(words(false, false, false), None);
+        let detached = words(true, false, true).unwrap();
+        assert!(
+            detached
+                .contains("cannot allocate tty if husk will detach without setting console socket"),
+            "{detached}"
+        );
+        for (t, d) in [(false, true), (false, false), (true, false)] {
+            let e = words(t, true, d).unwrap();
+            assert!(
+                e.contains("cannot use console socket if husk will not detach or allocate tty"),
+                "{e}"
+            );
+            assert!(!e.contains('\n'), "{e}");
+        }
     }
 }

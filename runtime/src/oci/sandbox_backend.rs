@@ -3,8 +3,7 @@
 //! it over its control socket in the container's state directory.
 
 use std::fs;
-use std::io::{self, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,13 +12,14 @@ use std::time::{Duration, Instant};
 use super::backend::{Backend, BackendError, CreateRequest, ExecRequest, GuestProcess};
 use super::exec_proxy::spawn_exec_proxy;
 use super::process::{self, HostProcess};
+use super::ready_pipe;
 use super::signal::Signal;
 use super::store::{write_atomic, Container};
 use husk_protocol::ErrorKind;
 
 use crate::assets::{self, Asset};
 use crate::monitor::control::{self, MonitorRequest, MonitorResponse};
-use crate::monitor::{binds, cgroup, MonitorConfig, CONFIG_FILE, SANDBOX_ID};
+use crate::monitor::{binds, cgroup, InitStdio, MonitorConfig, CONFIG_FILE, SANDBOX_ID};
 use crate::sandbox::{ROOTFS_GUEST_PATH, VSOCK_SOCKET};
 
 /// How long the agent has to come up (the test bed is slow; a real host takes ~100 ms).
@@ -62,54 +62,6 @@ fn call_ok(container: &Container, what: &str, request: MonitorRequest) -> Result
     call(container, what, request).map(|_| ())
 }
 
-/// A pipe whose ends are close-on-exec: (read, write).
-fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: `fds` has room for the two fds pipe2 writes.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: pipe2 returned two new fds that nothing else owns.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-/// Reads the monitor's report from `read` until EOF or `deadline`.
-fn read_report(read: OwnedFd, deadline: Instant) -> io::Result<Option<String>> {
-    let mut file = fs::File::from(read);
-    let mut report = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let mut pfd = libc::pollfd {
-            fd: file.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = left.as_millis().min(i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        let r = unsafe { libc::poll(&mut pfd, 1, ms) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if r == 0 {
-            continue;
-        }
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(Some(String::from_utf8_lossy(&report).into_owned())),
-            Ok(n) => report.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 /// Removes what a monitor leaves in the state directory, whether it exited or was
 /// killed: its files and sockets, the sandbox's directory, the (empty) bind mount
 /// points, the cgroups it created. Mounts and the VM died with the process.
@@ -144,6 +96,32 @@ fn clean_state_dir(dir: &Path) -> Result<(), BackendError> {
         fs::remove_dir(&binds).map_err(|e| failed(what, format!("{}: {e}", binds.display())))?;
     }
     Ok(())
+}
+
+/// How the init's stdio reaches the host (the runtime has checked the combination as
+/// runc does: a console socket only with a terminal, a terminal without one only for a
+/// foreground `run`).
+fn init_stdio(request: &CreateRequest<'_>) -> Result<InitStdio, BackendError> {
+    let terminal = request
+        .bundle
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    Ok(match (terminal, request.console_socket) {
+        (false, _) => InitStdio::Inherit,
+        (true, None) => InitStdio::CallerTerminal,
+        // Absolute: the monitor must find it whatever its working directory.
+        (true, Some(socket)) => {
+            InitStdio::ConsoleSocket(std::path::absolute(socket).map_err(|e| {
+                failed(
+                    "cannot use the console socket",
+                    format!("{}: {e}", socket.display()),
+                )
+            })?)
+        }
+    })
 }
 
 /// Namespace paths name the host's namespaces (podman's `/run/netns/...`), which the
@@ -189,14 +167,14 @@ impl SandboxBackend {
             binds,
             cgroups_path,
             ready_timeout_secs: READY_TIMEOUT_SECS,
+            stdio: init_stdio(request)?,
         })
     }
 
     /// Spawns the monitor and waits for its report; on failure leaves nothing.
     fn spawn_monitor(state_dir: &Path) -> Result<HostProcess, BackendError> {
         let what = "cannot boot the container's VM";
-        let (read, write) = pipe().map_err(|e| failed(what, format!("pipe: {e}")))?;
-        let write_fd = write.as_raw_fd();
+        let (read, write) = ready_pipe::pipe().map_err(|e| failed(what, format!("pipe: {e}")))?;
         let mut command = Command::new("/proc/self/exe");
         command
             .arg(MONITOR_COMMAND)
@@ -208,38 +186,35 @@ impl SandboxBackend {
             .stdin(Stdio::inherit())
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls (sigprocmask, dup2, fcntl) between fork
+        // SAFETY: only async-signal-safe calls (sigemptyset, sigprocmask) between fork
         // and exec.
         unsafe {
-            command.pre_exec(move || {
+            command.pre_exec(|| {
                 // Whatever this husk blocked, the monitor starts with every signal open.
                 let mut none: libc::sigset_t = std::mem::zeroed();
                 libc::sigemptyset(&mut none);
                 libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
-                if write_fd == READY_FD {
-                    if libc::fcntl(READY_FD, libc::F_SETFD, 0) != 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(write_fd, READY_FD) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
                 Ok(())
             });
         }
+        ready_pipe::give_to_child(&mut command, &write, READY_FD);
         let child = command
             .spawn()
             .map_err(|e| failed(what, format!("cannot start the VM monitor: {e}")))?;
         drop(write);
         let pid = child.id() as i32;
-        let report = read_report(read, Instant::now() + BOOT_TIMEOUT);
+        let report = ready_pipe::read_to_eof(read, Instant::now() + BOOT_TIMEOUT)
+            .map(|r| String::from_utf8_lossy(&r).into_owned());
         let error = match report {
-            Ok(Some(r)) if r.trim() == "ok" => {
+            Ok(r) if r.trim() == "ok" => {
                 return HostProcess::of_pid(pid)
                     .map_err(|e| failed(what, format!("the VM monitor {pid} vanished: {e}")));
             }
-            Ok(Some(r)) if r.starts_with("error ") => r["error ".len()..].trim().to_string(),
-            Ok(Some(_)) => String::new(),
-            Ok(None) => format!("the VM monitor did not report within {BOOT_TIMEOUT:?}"),
+            Ok(r) if r.starts_with("error ") => r["error ".len()..].trim().to_string(),
+            Ok(_) => String::new(),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                format!("the VM monitor did not report within {BOOT_TIMEOUT:?}")
+            }
             Err(e) => format!("reading the VM monitor's report: {e}"),
         };
         // SAFETY: plain syscall; the child is ours and not yet reaped.
@@ -257,19 +232,6 @@ impl SandboxBackend {
 
 impl Backend for SandboxBackend {
     fn boot(&self, request: &CreateRequest<'_>) -> Result<HostProcess, BackendError> {
-        let terminal = request
-            .bundle
-            .spec
-            .process()
-            .as_ref()
-            .and_then(|p| p.terminal())
-            .unwrap_or(false);
-        if terminal {
-            return Err(failed(
-                "cannot create a container with process.terminal",
-                "this build of husk has no pty relay for containers yet",
-            ));
-        }
         let config = Self::monitor_config(request)?;
         let path = request.state_dir.join(CONFIG_FILE);
         let bytes = serde_json::to_vec(&config).unwrap_or_default();
@@ -399,21 +361,5 @@ mod tests {
             value["linux"]["namespaces"],
             json!([{"type": "pid"}, {"type": "network"}])
         );
-    }
-
-    #[test]
-    fn the_monitor_report_is_read_to_eof_within_the_deadline() {
-        let (read, write) = pipe().unwrap();
-        let mut w = fs::File::from(write);
-        std::io::Write::write_all(&mut w, b"error the guest agent was not ready\n").unwrap();
-        drop(w);
-        let report = read_report(read, Instant::now() + Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            report.as_deref(),
-            Some("error the guest agent was not ready\n")
-        );
-        let (read, _write) = pipe().unwrap();
-        let report = read_report(read, Instant::now() + Duration::from_millis(50)).unwrap();
-        assert_eq!(report, None);
     }
 }

@@ -26,7 +26,6 @@ pub mod events;
 pub mod relay;
 pub mod spec;
 pub mod state_dir;
-pub mod stdio;
 pub mod terminal;
 pub mod volume;
 

@@ -1,6 +1,6 @@
 //! Relaying one guest process's stdio, its signals and its tty size, until it exits: the
 //! one implementation behind `husk vm run`, the `exec` proxy and a container's init in
-//! its VMM process.
+//! its VM monitor (`husk sandbox-monitor`).
 //!
 //! ```text
 //! Relay::open(agent, process, mode)   streams opened (and acked) before the process exists
@@ -40,6 +40,7 @@ use husk_protocol::{
     RequestFrame, Response, ResponseFrame, Role, StdioConfig, StreamKind, AGENT_CONTROL_PORT,
 };
 use nix::sys::signal::{SigSet, Signal};
+use oci_spec::runtime::{BoxBuilder, Process};
 
 use super::agent_client::{AgentClient, AgentClientError};
 use super::terminal::{self, RawMode};
@@ -241,6 +242,23 @@ impl Relay {
     /// has not sized it yet; [`Relay::run`] sends the size when it comes).
     pub fn tty_size(&self) -> Option<(u16, u16)> {
         self.tty_end()?.size()
+    }
+
+    /// Makes `process` (the one about to be created) match the streams: a tty exactly
+    /// when they are one, sized as the host side is now unless it names its own
+    /// `consoleSize`.
+    pub fn fit(&self, process: &mut Process) {
+        process.set_terminal(Some(self.stdio().terminal));
+        if process.console_size().is_some() {
+            return;
+        }
+        if let Some((rows, cols)) = self.tty_size() {
+            let size = BoxBuilder::default()
+                .height(u64::from(rows))
+                .width(u64::from(cols))
+                .build();
+            process.set_console_size(size.ok());
+        }
     }
 
     /// Relays until the process has exited and its output has reached EOF (or
