@@ -36,7 +36,7 @@ kernel: deps
 initramfs: husk agent
 	$(OUT)/husk-mkinitramfs $(AGENT) $(OUT)/initramfs.cpio
 
-test: all lint unit-test cli-test kernel-check vm-test
+test: all lint unit-test cli-test kernel-check vm-test podman-test
 
 lint:
 	$(CARGO) fmt --all --check
@@ -60,9 +60,10 @@ kernel-check: kernel
 vm-test: all guest-tests
 	tests/run-vm-tests.sh
 
-# podman driving husk (integration/podman/: setup + the bats suite), natively or in the
-# test bed as for vm-test. PODMAN_RUNTIME=crun (or runc) runs the same suite with podman's
-# usual runtime, to check the suite itself. Not part of `test` yet.
+# podman driving husk (integration/podman/: setup, which installs podman & co. by apt, +
+# the bats suite), natively or in one test-host boot as for vm-test (~18 min in the test
+# bed on a shared 2-core machine). PODMAN_RUNTIME=crun (or runc) runs the same suite with
+# podman's usual runtime, to check the suite itself.
 PODMAN_RUNTIME ?= husk
 podman-test: all
 	integration/podman/run --runtime $(PODMAN_RUNTIME)

@@ -21,10 +21,11 @@ pub mod vsock;
 
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use husk_protocol::process::Reaper;
 use husk_protocol::{
@@ -47,6 +48,10 @@ pub const STREAM_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// host (a background process may hold it open): the host then usually has every byte
 /// when it learns the exit status.
 pub const OUTPUT_DRAIN_WAIT: Duration = Duration::from_secs(2);
+
+/// After answering `Shutdown`, how long the agent waits for the host to close the
+/// connection (it does once it has read the answer) before the caller powers off.
+pub const SHUTDOWN_ACK_WAIT: Duration = Duration::from_secs(2);
 
 /// Where each container's own view of its root is mounted (`<dir>/<id>/root`).
 pub const DEFAULT_CONTAINERS_DIR: &str = "/run/husk/containers";
@@ -118,9 +123,17 @@ impl Agent {
 
     /// Serves one control connection until the host closes it or asks for `Shutdown`
     /// (the caller powers off then: the agent itself never does).
+    /// After a `Shutdown` it returns only once the host has closed the connection (or
+    /// [`SHUTDOWN_ACK_WAIT`] passed): the answer is then on the host's side. Powering off
+    /// at once raced the guest's vsock transport, which sends from a kernel worker: the
+    /// VM could end with "ok" still queued, and the host saw a closed connection.
     pub fn serve_control(&self, conn: OwnedFd) -> Result<ServeEnd, ProtocolError> {
         let mut conn = File::from(conn);
-        serve(&mut conn, AGENT_VERSION, |request| self.handle(request))
+        let end = serve(&mut conn, AGENT_VERSION, |request| self.handle(request))?;
+        if end == ServeEnd::Shutdown {
+            await_peer_close(&mut conn, SHUTDOWN_ACK_WAIT);
+        }
+        Ok(end)
     }
 
     /// Reads a stdio connection's header and parks it for the process it names.
@@ -275,6 +288,26 @@ impl Agent {
         match lock(&self.containers).get(id) {
             Some(Slot::Ready(c)) => Ok(c.clone()),
             Some(Slot::Creating) | None => Err(AgentError::not_found(format!("container {id}"))),
+        }
+    }
+}
+
+/// Reads (and drops) whatever `conn` still gets until the peer closes it, an error, or
+/// `wait` has passed.
+fn await_peer_close(conn: &mut File, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 256];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A zero timeout would mean "block forever".
+        if left < Duration::from_millis(1) || set_read_timeout(&*conn, Some(left)).is_err() {
+            return;
+        }
+        match conn.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
         }
     }
 }

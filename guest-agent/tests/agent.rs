@@ -892,5 +892,9 @@ fn shutdown_ends_serving(env: &Env) {
     assert_eq!(protocol, husk_protocol::PROTOCOL_VERSION);
     assert_eq!(agent_version, husk_agent::AGENT_VERSION);
     c.shutdown().unwrap();
+    // The agent powers off only once the host has the answer: when it closes.
+    thread::sleep(Duration::from_millis(300));
+    assert!(!served.is_finished(), "ended before the host closed");
+    drop(c);
     assert_eq!(served.join().unwrap().unwrap(), ServeEnd::Shutdown);
 }

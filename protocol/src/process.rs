@@ -1167,14 +1167,18 @@ unsafe fn child_after_fork(
         let mut denied = false;
         for cand in &plan.candidates {
             let mut st: libc::stat = std::mem::zeroed();
-            if libc::stat(cand.as_ptr(), &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFREG
-            {
-                if libc::access(cand.as_ptr(), libc::X_OK) == 0 {
-                    found = true;
-                    break;
-                }
-                denied = true;
+            if libc::stat(cand.as_ptr(), &mut st) != 0 {
+                continue;
             }
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG
+                && libc::access(cand.as_ptr(), libc::X_OK) == 0
+            {
+                found = true;
+                break;
+            }
+            // What execve says of a directory or a file without x: EACCES (126), not
+            // "not found" (127); a later candidate may still be found.
+            denied = true;
         }
         if !found {
             fail(STEP_EXEC, if denied { libc::EACCES } else { libc::ENOENT });

@@ -418,6 +418,13 @@ fn a_gated_child_execs_only_when_started() {
     assert_eq!(err.kind, ErrorKind::ExecutableNotFound);
     assert!(err.message.contains("executable file not found in $PATH"));
 
+    // A directory is there but cannot be executed: permission denied (126), as execve.
+    let err = spawn_with(reaper(), &process(&["/bin"]), Stdio::null(), &gated)
+        .err()
+        .expect("spawn must fail");
+    assert_eq!(err.kind, ErrorKind::PermissionDenied);
+    assert!(err.message.contains("permission denied"), "{}", err.message);
+
     // A parked child can be killed; it never execs.
     let child = spawn_with(reaper(), &process(&["true"]), Stdio::null(), &gated).unwrap();
     child.signal(libc::SIGKILL).unwrap();

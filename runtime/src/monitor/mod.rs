@@ -35,7 +35,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::{mpsc, Arc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use husk_protocol::{AgentError, ProcessRef, ProtocolError};
 use nix::sys::signal::{SigSet, Signal};
@@ -361,7 +361,7 @@ impl Monitor {
                 }
             }
         };
-        let _ = std::fs::remove_file(&self.socket);
+        let init_exits = wind_down(events);
         if state.paused {
             self.sandbox.resume();
         }
@@ -371,13 +371,9 @@ impl Monitor {
         if state.built && !init_exited {
             // The relay still runs; it ends with the VM's connections. Waiting for it
             // lets it put the caller's terminal back (out of raw mode) before exiting.
-            let deadline = Instant::now() + RELAY_END;
-            while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-                if let Ok(Event::InitExited(_)) | Err(_) = events.recv_timeout(left) {
-                    break;
-                }
-            }
+            let _ = init_exits.recv_timeout(RELAY_END);
         }
+        let _ = std::fs::remove_file(&self.socket);
         code
     }
 
@@ -501,6 +497,52 @@ impl Monitor {
     }
 }
 
+/// Answers the control socket on a thread of its own while the monitor shuts its VM down
+/// (seconds on a loaded host): this process is still the container's and `state` says
+/// running, so `kill` must not fail (podman sends SIGKILL when a stop takes long, and
+/// fails the stop if the runtime refuses while this pid lives). The init is gone: a
+/// signal has nothing left to reach, as kill(2) of an exited, unreaped process succeeds.
+/// Returns a channel that hears of the init's exit (the wait thread still reports it
+/// when the monitor ended for another reason).
+fn wind_down(events: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
+    let (exits_tx, exits) = mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name("husk-monitor-wind-down".into())
+        .stack_size(128 << 10)
+        .spawn(move || {
+            for event in events {
+                let stream = match event {
+                    Event::Request(stream) => stream,
+                    Event::InitExited(_) => {
+                        let _ = exits_tx.send(());
+                        continue;
+                    }
+                    Event::Signal(_) => continue,
+                };
+                let Ok(request) = control::read_message::<MonitorRequest>(&stream) else {
+                    continue;
+                };
+                let _ = control::write_message(&stream, &wind_down_answer(&request));
+            }
+        });
+    if let Err(e) = spawned {
+        eprintln!("husk: warning: cannot answer requests while the VM shuts down: {e}");
+    }
+    exits
+}
+
+/// What a request gets once the container's init has exited.
+fn wind_down_answer(request: &MonitorRequest) -> MonitorResponse {
+    match request {
+        MonitorRequest::Kill { .. } => MonitorResponse::Ok,
+        MonitorRequest::Processes => MonitorResponse::Processes(Vec::new()),
+        MonitorRequest::Build
+        | MonitorRequest::Start
+        | MonitorRequest::Pause
+        | MonitorRequest::Resume => failure("the container's init has exited"),
+    }
+}
+
 /// The container's processes, from the agent.
 fn list_processes(sandbox: &Sandbox, id: &str) -> MonitorResponse {
     let listed = sandbox
@@ -521,5 +563,49 @@ fn list_processes(sandbox: &Sandbox, id: &str) -> MonitorResponse {
                 .collect(),
         ),
         Err(r) => r,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request as `husk kill` (or `ps`, `start`) sends it, answered by the wind-down.
+    fn ask(events: &mpsc::Sender<Event>, request: &MonitorRequest) -> MonitorResponse {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        control::write_message(&ours, request).unwrap();
+        events.send(Event::Request(theirs)).unwrap();
+        control::read_message(&ours).unwrap()
+    }
+
+    #[test]
+    fn after_the_init_exits_kill_succeeds_and_nothing_is_listed() {
+        let (tx, rx) = mpsc::channel();
+        let init_exits = wind_down(rx);
+        // Not requests: ignored, the thread goes on.
+        tx.send(Event::Signal(Signal::SIGTERM)).unwrap();
+        let kill = MonitorRequest::Kill {
+            signal: libc::SIGKILL,
+            all: false,
+        };
+        assert_eq!(ask(&tx, &kill), MonitorResponse::Ok);
+        assert_eq!(
+            ask(&tx, &MonitorRequest::Processes),
+            MonitorResponse::Processes(Vec::new())
+        );
+        match ask(&tx, &MonitorRequest::Start) {
+            MonitorResponse::Error {
+                kind: None,
+                message,
+            } => {
+                assert!(message.contains("has exited"), "{message}")
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+        // The init's exit, reported late, is passed on.
+        tx.send(Event::InitExited(Ok(0))).unwrap();
+        init_exits.recv_timeout(Duration::from_secs(10)).unwrap();
     }
 }

@@ -62,6 +62,13 @@ impl HostProcess {
                 .is_some_and(|s| s.start_time == self.start_time && !matches!(s.state, 'Z' | 'X'))
     }
 
+    /// True when this very process has exited but its parent has not reaped it yet.
+    pub fn is_unreaped(&self) -> bool {
+        self.pid > 0
+            && read_stat(self.pid)
+                .is_some_and(|s| s.start_time == self.start_time && matches!(s.state, 'Z' | 'X'))
+    }
+
     /// A pidfd for this process, or `None` if it is gone (or its pid now belongs to
     /// another process).
     pub fn pidfd(&self) -> io::Result<Option<OwnedFd>> {
@@ -193,7 +200,10 @@ mod tests {
         // Unreaped, it is a zombie: exited, so not alive, and the pidfd says so.
         assert!(proc.wait_exit(Duration::from_secs(10)).unwrap());
         assert!(!proc.is_alive());
+        assert!(proc.is_unreaped());
+        assert!(!other.is_unreaped());
         assert_eq!(exit_code(child.wait().unwrap()), 137);
+        assert!(!proc.is_unreaped());
         assert!(!proc.signal(Signal::KILL).unwrap());
     }
 

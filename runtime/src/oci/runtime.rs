@@ -348,10 +348,17 @@ impl<'a> Runtime<'a> {
         Ok(())
     }
 
-    /// `kill`: refuses a stopped container.
+    /// `kill`: refuses a stopped container, except while its host process is exited but
+    /// not yet reaped: kill(2) of that pid still succeeds, and podman, which checks the
+    /// pid that way when a kill fails, would fail a `stop` that in fact succeeded.
     pub fn kill(&self, id: &str, signal: Signal, all: bool) -> Result<()> {
         let container = self.store.lock(id)?;
         if container.status_now() == Status::Stopped {
+            if container.record.process.is_some_and(|p| p.is_unreaped()) {
+                self.log
+                    .debug(&format!("kill {id}: {signal}: exited, not yet reaped"));
+                return Ok(());
+            }
             return Err(RuntimeError::NotRunning(id.to_string()));
         }
         self.log.debug(&format!("kill {id}: {signal} all={all}"));
@@ -819,6 +826,10 @@ mod tests {
             Err(RuntimeError::NotStopped { .. })
         ));
         rt.kill("c1", Signal::KILL, false).unwrap();
+        // Exited, not yet reaped: a kill succeeds, as kill(2) of that pid would, and
+        // reaches no backend.
+        assert!(host.wait_exit(std::time::Duration::from_secs(10)).unwrap());
+        rt.kill("c1", Signal::TERM, false).unwrap();
         // The "VMM" is our child: reap it so it is gone, not a zombie.
         assert_eq!(process::wait_child(host.pid).unwrap(), 137);
         assert_eq!(rt.state("c1").unwrap().status, Status::Stopped);
