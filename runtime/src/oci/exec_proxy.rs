@@ -70,6 +70,7 @@ pub fn spawn_exec_proxy_with(
     let outcome = spawn_and_wait_ready(
         husk,
         &proxy_args(agent_socket, container_id, &exec_id, &process_json, request),
+        request.console_socket.is_some(),
     );
     // The proxy has read it (or is gone) either way.
     let _ = std::fs::remove_file(&process_json);
@@ -157,14 +158,25 @@ pub fn proxy_args(
 }
 
 /// Spawns `husk args...` with a pipe's write end as its [`READY_FD`]; reads its report.
+/// With `pty` (the process's stdio is a pty sent to a console socket) the proxy does not
+/// keep the caller's stdio: as with runc, whoever reads `exec --detach`'s output sees EOF
+/// when it returns, not when the process ends. Failures to start still come back on the
+/// ready pipe.
 fn spawn_and_wait_ready(
     husk: &Path,
     args: &[std::ffi::OsString],
+    pty: bool,
 ) -> Result<(Child, ProxyReport), BackendError> {
     let (ready_r, ready_w) =
         ready_pipe::pipe().map_err(|e| failed("create the exec proxy's pipe", e))?;
     let mut command = Command::new(husk);
     command.args(args);
+    if pty {
+        command
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+    }
     ready_pipe::give_to_child(&mut command, &ready_w, READY_FD);
     let mut child = command
         .spawn()
