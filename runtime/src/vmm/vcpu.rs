@@ -376,6 +376,12 @@ fn report_triple_fault(vcpu: &VcpuFd, cpu: u8) {
     let regs = vcpu.get_regs();
     let sregs = vcpu.get_sregs();
     match (regs, sregs) {
+        // KVM on AMD resets the vCPU when it sees the shutdown (the VMCB is undefined
+        // after one): the registers then say nothing about the fault.
+        (Ok(r), Ok(s)) if r.rip == 0xfff0 && s.cs.selector == 0xf000 => eprintln!(
+            "husk: vCPU {cpu} triple-faulted (KVM reset its registers, as it does on AMD: \
+             where it faulted is lost)"
+        ),
         (Ok(r), Ok(s)) => eprintln!(
             "husk: vCPU {cpu} triple-faulted: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} \
              cr2={:#x} cr3={:#x} cr4={:#x} efer={:#x} cs={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x}",
