@@ -532,12 +532,15 @@ mod tests {
         assert!(stats.first_run().is_some());
     }
 
-    #[test]
-    fn a_spinning_vcpu_is_kicked_out() {
-        let Some((_kvm, _vm, vcpu, _ram)) = tiny_vm(&[0xeb, 0xfe]) else {
-            eprintln!("skipped: /dev/kvm not usable");
-            return;
-        };
+    /// A `jmp $` guest on its own vCPU thread (through `vcpu_thread`, kick handler
+    /// installed), with its shared state; the first item keeps the VM and its RAM alive.
+    #[allow(clippy::type_complexity)]
+    fn spinning_vcpu() -> Option<(
+        (Kvm, kvm_ioctls::VmFd, vm_memory::MmapRegion),
+        Arc<Shared>,
+        std::thread::JoinHandle<()>,
+    )> {
+        let (kvm, vm, vcpu, ram) = tiny_vm(&[0xeb, 0xfe])?;
         install_kick_handler().unwrap();
         let shared = Shared::new(1);
         let ctx = VcpuContext {
@@ -547,6 +550,15 @@ mod tests {
             shared: shared.clone(),
         };
         let t = std::thread::spawn(move || vcpu_thread(vcpu, 0, ctx));
+        Some(((kvm, vm, ram), shared, t))
+    }
+
+    #[test]
+    fn a_spinning_vcpu_is_kicked_out() {
+        let Some((_vm, shared, t)) = spinning_vcpu() else {
+            eprintln!("skipped: /dev/kvm not usable");
+            return;
+        };
         std::thread::sleep(std::time::Duration::from_millis(100));
         assert!(!t.is_finished(), "jmp $ runs until kicked");
         shared.finish(Ok(VmExitReason::Stopped));
@@ -567,19 +579,10 @@ mod tests {
 
     #[test]
     fn a_spinning_vcpu_is_paused_resumed_and_stopped_while_parked() {
-        let Some((_kvm, _vm, vcpu, _ram)) = tiny_vm(&[0xeb, 0xfe]) else {
+        let Some((_vm, shared, t)) = spinning_vcpu() else {
             eprintln!("skipped: /dev/kvm not usable");
             return;
         };
-        install_kick_handler().unwrap();
-        let shared = Shared::new(1);
-        let ctx = VcpuContext {
-            pio: Arc::new(Bus::new()),
-            mmio: Arc::new(Bus::new()),
-            stats: VmStats::new(1),
-            shared: shared.clone(),
-        };
-        let t = std::thread::spawn(move || vcpu_thread(vcpu, 0, ctx));
         while shared.running_vcpus() == 0 {
             std::thread::sleep(Duration::from_millis(1));
         }
