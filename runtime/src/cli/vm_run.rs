@@ -27,6 +27,8 @@ use crate::vmm::config::check_args;
 
 /// The container's id inside the sandbox (one container per `vm run`).
 const CONTAINER_ID: &str = "run";
+/// How long a lost agent connection waits for the VM to end, to name why it was lost.
+const VM_END_GRACE: Duration = Duration::from_secs(2);
 /// The tty size (rows, cols) when the caller has no terminal to copy it from.
 const DEFAULT_TTY_SIZE: (u16, u16) = (24, 80);
 
@@ -115,7 +117,7 @@ pub fn run(args: RunArgs, started: Instant) -> Result<u8> {
     config.console = args.console.clone();
     config.ready_timeout = Duration::from_secs(args.timeout);
     config.cancel = Some(forwarder.cancel_flag());
-    let sandbox = match Sandbox::start(config) {
+    let mut sandbox = match Sandbox::start(config) {
         Ok(s) => s,
         Err(SandboxError::Cancelled) => {
             let sig = forwarder.first_pending().unwrap_or(libc::SIGINT);
@@ -126,7 +128,7 @@ pub fn run(args: RunArgs, started: Instant) -> Result<u8> {
     };
 
     let mut marks = Marks::default();
-    let outcome = run_command(&sandbox, &args, &forwarder, &mut marks);
+    let outcome = run_command(&mut sandbox, &args, &forwarder, &mut marks);
     let timings = *sandbox.timings();
     let shutdown_started = Instant::now();
     let shutdown = sandbox.shutdown();
@@ -177,7 +179,7 @@ fn start_failure(e: &ProtocolError) -> Option<u8> {
 }
 
 fn run_command(
-    sandbox: &Sandbox,
+    sandbox: &mut Sandbox,
     args: &RunArgs,
     forwarder: &SignalForwarder,
     marks: &mut Marks,
@@ -220,10 +222,10 @@ fn run_command(
     marks.exited = Some(Instant::now());
     let status = match status {
         Ok(s) => s,
-        Err(e @ RelayError::Wait { .. }) if sandbox.vm_ended() => {
-            let console = sandbox.console().describe();
-            return Err(e).with_context(|| format!("the VM ended{console}"));
-        }
+        Err(e @ RelayError::Wait { .. }) => match sandbox.ended_by_itself(VM_END_GRACE) {
+            Some(how) => return Err(e).with_context(|| format!("the VM ended: {how}")),
+            None => return Err(e.into()),
+        },
         Err(e) => return Err(e.into()),
     };
     Ok(exit_byte(status.code()))

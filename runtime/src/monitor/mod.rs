@@ -60,6 +60,8 @@ pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(500);
+/// How long a lost agent connection waits for the VM to end, to name why it was lost.
+const VM_END_GRACE: Duration = Duration::from_secs(2);
 /// How long the init's relay gets to end once the VM is gone, when the monitor ends
 /// for another reason than the init's exit.
 const RELAY_END: Duration = Duration::from_secs(2);
@@ -297,7 +299,7 @@ impl Monitor {
         ProcessRef::init(self.config.id.clone())
     }
 
-    fn serve(self, events: mpsc::Receiver<Event>, events_tx: mpsc::Sender<Event>) -> i32 {
+    fn serve(mut self, events: mpsc::Receiver<Event>, events_tx: mpsc::Sender<Event>) -> i32 {
         let mut state = Serving {
             built: false,
             paused: false,
@@ -308,11 +310,10 @@ impl Monitor {
             let event = match events.recv_timeout(VM_CHECK) {
                 Ok(e) => e,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    if self.sandbox.vm_ended() {
+                    if let Some(how) = self.sandbox.ended_by_itself(Duration::ZERO) {
                         eprintln!(
-                            "husk: container {}: the VM ended unexpectedly{}",
-                            self.config.id,
-                            self.sandbox.console().describe()
+                            "husk: container {}: the VM ended unexpectedly: {how}",
+                            self.config.id
                         );
                         break 255;
                     }
@@ -356,7 +357,14 @@ impl Monitor {
                 }
                 Event::InitExited(Err(message)) => {
                     init_exited = true;
-                    eprintln!("husk: container {}: {message}", self.config.id);
+                    // Losing the agent is the symptom; a VM that ended is the cause.
+                    match self.sandbox.ended_by_itself(VM_END_GRACE) {
+                        Some(how) => eprintln!(
+                            "husk: container {}: the VM ended unexpectedly: {how} ({message})",
+                            self.config.id
+                        ),
+                        None => eprintln!("husk: container {}: {message}", self.config.id),
+                    }
                     break 255;
                 }
             }

@@ -210,6 +210,17 @@ impl VmThread {
         })
     }
 
+    /// Joins a VM that ended by itself and says how, in a few words.
+    fn describe_end(&mut self) -> String {
+        match self.join(false) {
+            Some(Ok(VmExitReason::Reset)) => "the guest reset".to_string(),
+            Some(Ok(VmExitReason::TripleFault)) => "the guest triple-faulted".to_string(),
+            Some(Ok(reason)) => format!("{reason:?}"),
+            Some(Err(e)) => e.to_string(),
+            None => "unknown".to_string(),
+        }
+    }
+
     /// Waits up to `grace` for the VM to end by itself; returns whether it did.
     fn ended_within(&self, grace: Duration) -> bool {
         let deadline = Instant::now() + grace;
@@ -331,13 +342,7 @@ impl Sandbox {
                 console: self.console.describe(),
             }),
             Err(WaitEnd::VmGone) => {
-                let how = match self.vm.join(false) {
-                    Some(Ok(VmExitReason::Reset)) => "the guest reset".to_string(),
-                    Some(Ok(VmExitReason::TripleFault)) => "the guest triple-faulted".to_string(),
-                    Some(Ok(reason)) => format!("{reason:?}"),
-                    Some(Err(e)) => e.to_string(),
-                    None => "unknown".to_string(),
-                };
+                let how = self.vm.describe_end();
                 Err(SandboxError::EndedEarly(format!(
                     "{how}{}",
                     self.console.describe()
@@ -412,15 +417,28 @@ impl Sandbox {
         self.vm.stop.clone()
     }
 
-    /// Whether the VM has ended (the guest powered off or failed).
-    pub fn vm_ended(&self) -> bool {
-        self.vm.is_finished()
+    /// If the VM ends by itself within `grace` (the guest powered off, triple-faulted or
+    /// KVM failed), how it ended, with the console's last line; the VM is joined then.
+    /// For a caller that lost the agent and wants the reason rather than the symptom.
+    pub fn ended_by_itself(&mut self, grace: Duration) -> Option<String> {
+        if !self.vm.ended_within(grace) {
+            return None;
+        }
+        Some(format!(
+            "{}{}",
+            self.vm.describe_end(),
+            self.console.describe()
+        ))
     }
 
     /// Asks the agent to flush the guest's filesystems and power off; once it has
     /// answered, stops the VM and joins it. The state directory goes when `self` is
     /// dropped, here.
     pub fn shutdown(mut self) -> Result<VmExitReason, SandboxError> {
+        if self.vm.is_finished() {
+            // Nothing left to flush or to ask: the guest is gone.
+            return self.vm.join(false).unwrap_or(Ok(VmExitReason::Stopped));
+        }
         let asked = self
             .agent
             .control()
