@@ -75,8 +75,22 @@ measure_where() {
     HUSK_BENCH_INNER=1 RESULTS=$results "$script" "$@"
   else
     where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
-    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$@"
+    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 HUSK_BENCH_TESTBED=1 RESULTS="$results" "$script" "$@"
   fi
+}
+
+# scrub_testbed_memory: in the test bed only (HUSK_BENCH_TESTBED=1), makes the test host
+# take and zero 256 MiB of its free memory, then give it back, so that the next VM gets
+# pages no vCPU has run code from. Why: QEMU's TCG keeps its translations of code in a
+# page until that page is written, and then checks every write to it for self-modifying
+# code; the test host zeroes a fresh page one byte at a time (rep stosb), so zeroing a
+# 2 MiB huge page that a previous guest kernel ran code from took 0.5-1.2 s instead of
+# 7-20 ms. Memory freed by the previous VM is reused first, and which VM (and which step:
+# its VMM's setup or its guest's first touch) hit such a page was luck: the "slow boots".
+# Not a cost of either VMM and absent on hardware; done before every timed boot of both.
+scrub_testbed_memory() {
+  [ "${HUSK_BENCH_TESTBED:-}" = 1 ] || return 0
+  dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null || true
 }
 
 # busybox_rootfs DIR: a busybox-static rootfs in DIR (the same as tests/vm/run.rs builds):
