@@ -65,15 +65,8 @@ fi
 kernel_clock_at_ready() {
   sed -n 's/.*\[ *\([0-9]*\.[0-9]*\)\] HUSK-AGENT-READY.*/\1/p' "$1" | head -n1 | awk '{printf "%.1f", $1 * 1000}'
 }
-# The measurements. The kernel command line is husk's default for both, except
-# how the guest ends: qemu microvm has no i8042, so its guest triple-faults out.
-qemu_cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
-  tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
-[[ $qemu_cmdline == console=ttyS0* ]] || { echo "bench/boot.sh: cannot read husk's DEFAULT_CMDLINE" >&2; exit 1; }
-qemu=(qemu-system-x86_64 -M "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
-  -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio
-  -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio"
-  -append "${QEMU_CMDLINE:-$qemu_cmdline}")
+# The measurements; qemu's command line is husk's default (see qemu_microvm_argv).
+qemu_microvm_argv "$out"
 for i in $(seq "$runs"); do
   bd=$(mktemp)
   scrub_testbed_memory

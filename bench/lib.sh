@@ -93,6 +93,22 @@ scrub_testbed_memory() {
   dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null || true
 }
 
+# qemu_microvm_argv OUT: sets the array `qemu` to the qemu microvm command the boot
+# benchmarks compare husk with: OUT/vmlinux and OUT/initramfs.cpio, 1 vCPU / 128 MiB, and
+# husk's default kernel command line, except how the guest ends: qemu microvm has no
+# i8042, so its guest triple-faults out (reboot=t). QEMU_CMDLINE overrides the line.
+qemu_microvm_argv() {
+  local out=$1 cmdline
+  cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
+    tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
+  [[ $cmdline == console=ttyS0* ]] || { echo "bench: cannot read husk's DEFAULT_CMDLINE" >&2; return 1; }
+  # shellcheck disable=SC2034 # the array is the caller's result
+  qemu=(qemu-system-x86_64 -M "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
+    -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio
+    -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio"
+    -append "${QEMU_CMDLINE:-$cmdline}")
+}
+
 # busybox_rootfs DIR: a busybox-static rootfs in DIR (the same as tests/vm/run.rs builds):
 # /bin/busybox, a link per applet, the usual top-level directories.
 busybox_rootfs() {
