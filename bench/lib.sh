@@ -88,8 +88,9 @@ measure_where() {
 # 7-20 ms. Memory freed by the previous VM is reused first, and which VM (and which step:
 # its VMM's setup or its guest's first touch) hit such a page was luck: the "slow boots".
 # Not a cost of either VMM and absent on hardware; done before every timed boot of both.
+# HUSK_BENCH_SCRUB=0 leaves it out (to see the slow boots).
 scrub_testbed_memory() {
-  [ "${HUSK_BENCH_TESTBED:-}" = 1 ] || return 0
+  [ "${HUSK_BENCH_TESTBED:-}" = 1 ] && [ "${HUSK_BENCH_SCRUB:-1}" = 1 ] || return 0
   dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null || true
 }
 
