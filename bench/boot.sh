@@ -38,7 +38,7 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "$(col husk 6) ms VMM setup (launch to the first KVM_RUN), $(col husk 9) ms launch to agent ready by husk's own clock, $(col husk 7) ms guest clock at ready."
     echo "Wall times are taken without perf (starting it cost 1.5-3 s in the test bed); VM exits come from $exit_runs more runs each under perf."
     case ${HUSK_BENCH_SCRUB:-1}:$where in
-    1:*"test bed"*) echo "Before every boot of either VMM the test host zeroes and frees 256 MiB (scrub_testbed_memory in bench/lib.sh): no guest gets pages an earlier guest ran code from, whose zeroing costs 0.5-1.2 s per 2 MiB under TCG." ;;
+    1:*"test bed"*) echo "Before every boot of either VMM the test host zeroes and frees 256 MiB (scrub_testbed_memory in bench/lib.sh): no guest gets pages an earlier guest ran code from, whose zeroing cost up to 2.5 s per 2 MiB under TCG." ;;
     esac
     echo "This machine's load average at the start: $load (other builds and test beds share its 2 cores)."
     echo

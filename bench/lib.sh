@@ -84,7 +84,7 @@ measure_where() {
 # pages no vCPU has run code from. Why: QEMU's TCG keeps its translations of code in a
 # page until that page is written, and then checks every write to it for self-modifying
 # code; the test host zeroes a fresh page one byte at a time (rep stosb), so zeroing a
-# 2 MiB huge page that a previous guest kernel ran code from took 0.5-1.2 s instead of
+# 2 MiB huge page that a previous guest kernel ran code from took 0.35-2.5 s instead of
 # 7-20 ms. Memory freed by the previous VM is reused first, and which VM (and which step:
 # its VMM's setup or its guest's first touch) hit such a page was luck: the "slow boots".
 # Not a cost of either VMM and absent on hardware; done before every timed boot of both.
