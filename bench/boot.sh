@@ -37,6 +37,9 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "Same vmlinux and initramfs for both; husk's own breakdown medians:"
     echo "$(col husk 6) ms VMM setup (launch to the first KVM_RUN), $(col husk 9) ms launch to agent ready by husk's own clock, $(col husk 7) ms guest clock at ready."
     echo "Wall times are taken without perf (starting it cost 1.5-3 s in the test bed); VM exits come from $exit_runs more runs each under perf."
+    case ${HUSK_BENCH_SCRUB:-1}:$where in
+    1:*"test bed"*) echo "Before every boot of either VMM the test host zeroes and frees 256 MiB (scrub_testbed_memory in bench/lib.sh): no guest gets pages an earlier guest ran code from, whose zeroing cost up to 2.5 s per 2 MiB under TCG." ;;
+    esac
     echo "This machine's load average at the start: $load (other builds and test beds share its 2 cores)."
     echo
     echo "| | husk | qemu microvm | husk / qemu |"
@@ -62,17 +65,11 @@ fi
 kernel_clock_at_ready() {
   sed -n 's/.*\[ *\([0-9]*\.[0-9]*\)\] HUSK-AGENT-READY.*/\1/p' "$1" | head -n1 | awk '{printf "%.1f", $1 * 1000}'
 }
-# The measurements. The kernel command line is husk's default for both, except
-# how the guest ends: qemu microvm has no i8042, so its guest triple-faults out.
-qemu_cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
-  tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
-[[ $qemu_cmdline == console=ttyS0* ]] || { echo "bench/boot.sh: cannot read husk's DEFAULT_CMDLINE" >&2; exit 1; }
-qemu=(qemu-system-x86_64 -M "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
-  -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio
-  -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio"
-  -append "${QEMU_CMDLINE:-$qemu_cmdline}")
+# The measurements; qemu's command line is husk's default (see qemu_microvm_argv).
+qemu_microvm_argv "$out"
 for i in $(seq "$runs"); do
   bd=$(mktemp)
+  scrub_testbed_memory
   r=$(TTM_LOG=$bd time_to_marker HUSK-AGENT-READY "$out/husk" vm boot --console /dev/stdout)
   own=$(grep vm_exits= "$bd" | tr ' ' '\n' | awk -F= '$1=="vm_exits"{e=$2} $1=="vmm_setup_ms"{s=$2} $1=="guest_ready_ms"{g=$2} $1=="total_ms"{t=$2} END {print e+0, s+0, g+0, t+0}')
   h_kernel=$(kernel_clock_at_ready "$bd")
@@ -80,6 +77,7 @@ for i in $(seq "$runs"); do
   # ready exit rss status | own: exits setup guest_clock | kernel_clock | own: total
   echo "$r ${own% *} ${h_kernel:-0} ${own##* }" >>"$RESULTS/husk"
   qd=$(mktemp)
+  scrub_testbed_memory
   r=$(TTM_LOG=$qd time_to_marker HUSK-AGENT-READY "${qemu[@]}")
   # The guest's own clock at the ready line (CLOCK_BOOTTIME, as husk's guest_ready_ms).
   q_guest=$(grep -o 'boottime_us=[0-9]*' "$qd" | head -n1 | awk -F= '{printf "%.1f", $2 / 1000}')
@@ -91,6 +89,8 @@ for i in $(seq "$runs"); do
 done
 # VM exits: counts, not times, so a few runs each under perf are enough.
 for i in $(seq "${EXIT_RUNS:-3}"); do
+  scrub_testbed_memory
   count_exits "$out/husk" vm boot >>"$RESULTS/husk-exits"
+  scrub_testbed_memory
   count_exits "${qemu[@]}" >>"$RESULTS/qemu-exits"
 done

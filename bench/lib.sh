@@ -75,8 +75,39 @@ measure_where() {
     HUSK_BENCH_INNER=1 RESULTS=$results "$script" "$@"
   else
     where="in the emulated test bed (QEMU TCG test host, nested KVM): only ratios and counts mean anything"
-    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 RESULTS="$results" "$script" "$@"
+    tests/testbed/run --rw "$results" env HUSK_BENCH_INNER=1 HUSK_BENCH_TESTBED=1 RESULTS="$results" "$script" "$@"
   fi
+}
+
+# scrub_testbed_memory: in the test bed only (HUSK_BENCH_TESTBED=1), makes the test host
+# take and zero 256 MiB of its free memory, then give it back, so that the next VM gets
+# pages no vCPU has run code from. Why: QEMU's TCG keeps its translations of code in a
+# page until that page is written, and then checks every write to it for self-modifying
+# code; the test host zeroes a fresh page one byte at a time (rep stosb), so zeroing a
+# 2 MiB huge page that a previous guest kernel ran code from took 0.35-2.5 s instead of
+# 7-20 ms. Memory freed by the previous VM is reused first, and which VM (and which step:
+# its VMM's setup or its guest's first touch) hit such a page was luck: the "slow boots".
+# Not a cost of either VMM and absent on hardware; done before every timed boot of both.
+# HUSK_BENCH_SCRUB=0 leaves it out (to see the slow boots).
+scrub_testbed_memory() {
+  [ "${HUSK_BENCH_TESTBED:-}" = 1 ] && [ "${HUSK_BENCH_SCRUB:-1}" = 1 ] || return 0
+  dd if=/dev/zero of=/dev/null bs=256M count=1 2>/dev/null || true
+}
+
+# qemu_microvm_argv OUT: sets the array `qemu` to the qemu microvm command the boot
+# benchmarks compare husk with: OUT/vmlinux and OUT/initramfs.cpio, 1 vCPU / 128 MiB, and
+# husk's default kernel command line, except how the guest ends: qemu microvm has no
+# i8042, so its guest triple-faults out (reboot=t). QEMU_CMDLINE overrides the line.
+qemu_microvm_argv() {
+  local out=$1 cmdline
+  cmdline=$(sed -n '/^pub const DEFAULT_CMDLINE/,/;$/p' runtime/src/vmm/config.rs |
+    tr -d '\\\n' | sed 's/.*= *"//; s/";.*//; s/  */ /g; s/reboot=k/reboot=t/')
+  [[ $cmdline == console=ttyS0* ]] || { echo "bench: cannot read husk's DEFAULT_CMDLINE" >&2; return 1; }
+  # shellcheck disable=SC2034 # the array is the caller's result
+  qemu=(qemu-system-x86_64 -M "microvm,x-option-roms=off,isa-serial=on,rtc=on,acpi=off"
+    -enable-kvm -cpu host -m 128 -smp 1 -nodefaults -no-reboot -nographic -serial stdio
+    -kernel "$out/vmlinux" -initrd "$out/initramfs.cpio"
+    -append "${QEMU_CMDLINE:-$cmdline}")
 }
 
 # busybox_rootfs DIR: a busybox-static rootfs in DIR (the same as tests/vm/run.rs builds):
