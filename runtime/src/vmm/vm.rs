@@ -181,6 +181,37 @@ fn write_boot_tables(memory: &GuestMemoryMmap, vcpus: u8) -> Result<(), Error> {
     Ok(())
 }
 
+/// With HUSK_TRIPLE_FAULT_DUMP=FILE set, a guest that triple-faulted leaves its RAM in FILE
+/// (each region at its guest-physical offset: a sparse file with holes for the gaps), so
+/// its page tables and IDT can be examined afterwards: KVM on AMD resets the vCPU at the
+/// shutdown, so memory is all that is left. A developer aid for the rare triple fault in
+/// the test bed (tests/testbed/soak); failures to write are reported, never fatal.
+fn dump_ram_for_triple_fault(memory: &GuestMemoryMmap) {
+    use std::os::unix::fs::FileExt;
+    use vm_memory::{Bytes, GuestMemory, GuestMemoryRegion};
+    let Some(path) = std::env::var_os("HUSK_TRIPLE_FAULT_DUMP") else {
+        return;
+    };
+    let result = std::fs::File::create(&path).and_then(|file| {
+        for region in memory.iter() {
+            let start = region.start_addr().0;
+            let mut buf = vec![0u8; region.len() as usize];
+            region
+                .read_slice(&mut buf, vm_memory::MemoryRegionAddress(0))
+                .map_err(std::io::Error::other)?;
+            file.write_all_at(&buf, start)?;
+        }
+        Ok(())
+    });
+    match result {
+        Ok(()) => eprintln!("husk: guest RAM written to {}", Path::new(&path).display()),
+        Err(e) => eprintln!(
+            "husk: cannot write guest RAM to {}: {e}",
+            Path::new(&path).display()
+        ),
+    }
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
@@ -433,9 +464,13 @@ impl Vm {
             // A panicking vCPU thread reports and kicks the others itself (its guard).
             let _ = t.join();
         }
+        let outcome = shared.take_outcome();
+        if matches!(outcome, Some(Ok(VmExitReason::TripleFault))) {
+            dump_ram_for_triple_fault(&memory);
+        }
         // Devices, the VM fd, then guest memory go away here, after every vCPU thread.
         drop((pio, mmio, vm_fd, _kvm, memory));
-        match shared.take_outcome() {
+        match outcome {
             Some(Ok(reason)) => Ok(reason),
             Some(Err(e)) => Err(Error::Vcpu(e)),
             None => Ok(VmExitReason::Stopped),
