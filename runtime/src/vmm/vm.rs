@@ -181,6 +181,40 @@ fn write_boot_tables(memory: &GuestMemoryMmap, vcpus: u8) -> Result<(), Error> {
     Ok(())
 }
 
+/// With HUSK_TRIPLE_FAULT_DUMP=FILE set, a guest that triple-faulted leaves its RAM in FILE
+/// (see [`write_ram_image`]), so its page tables and IDT can be examined afterwards: KVM on
+/// AMD resets the vCPU at the shutdown, so memory is all that is left. A developer aid for
+/// the rare triple fault in the test bed (tests/testbed/soak); a failure to write is
+/// reported, never fatal.
+fn dump_ram_for_triple_fault(memory: &GuestMemoryMmap) {
+    let Some(path) = std::env::var_os("HUSK_TRIPLE_FAULT_DUMP") else {
+        return;
+    };
+    let path = Path::new(&path);
+    match write_ram_image(memory, path) {
+        Ok(()) => eprintln!("husk: guest RAM written to {}", path.display()),
+        Err(e) => eprintln!("husk: cannot write guest RAM to {}: {e}", path.display()),
+    }
+}
+
+/// Writes every RAM region into `path` at its guest-physical address as file offset: a
+/// sparse file whose holes are the gaps (the MMIO gap below 4 GiB).
+fn write_ram_image(memory: &GuestMemoryMmap, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    use vm_memory::{Bytes, GuestMemory, GuestMemoryRegion, MemoryRegionAddress};
+    let file = std::fs::File::create(path)?;
+    let mut buf = Vec::new();
+    for region in memory.iter() {
+        let len = usize::try_from(region.len()).map_err(std::io::Error::other)?;
+        buf.resize(len, 0);
+        region
+            .read_slice(&mut buf, MemoryRegionAddress(0))
+            .map_err(std::io::Error::other)?;
+        file.write_all_at(&buf, region.start_addr().0)?;
+    }
+    Ok(())
+}
+
 fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
     move |source| Error::Kvm { what, source }
 }
@@ -433,12 +467,48 @@ impl Vm {
             // A panicking vCPU thread reports and kicks the others itself (its guard).
             let _ = t.join();
         }
+        let outcome = shared.take_outcome();
+        if matches!(outcome, Some(Ok(VmExitReason::TripleFault))) {
+            dump_ram_for_triple_fault(&memory);
+        }
         // Devices, the VM fd, then guest memory go away here, after every vCPU thread.
         drop((pio, mmio, vm_fd, _kvm, memory));
-        match shared.take_outcome() {
+        match outcome {
             Some(Ok(reason)) => Ok(reason),
             Some(Err(e)) => Err(Error::Vcpu(e)),
             None => Ok(VmExitReason::Stopped),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn a_ram_image_keeps_every_region_at_its_guest_address() {
+        let memory = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x2000),
+            (GuestAddress(0x10_0000), 0x1000),
+        ])
+        .unwrap();
+        memory.write_slice(b"low", GuestAddress(0x1ffd)).unwrap();
+        memory
+            .write_slice(b"high", GuestAddress(0x10_0ffc))
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("husk-ram-image-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ram");
+        write_ram_image(&memory, &path).unwrap();
+        let image = std::fs::read(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(image.len(), 0x10_1000, "ends where the last region ends");
+        assert_eq!(&image[0x1ffd..0x2000], b"low");
+        assert!(
+            image[0x2000..0x10_0000].iter().all(|b| *b == 0),
+            "the gap is a hole"
+        );
+        assert_eq!(&image[0x10_0ffc..], b"high");
     }
 }
