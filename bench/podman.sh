@@ -54,6 +54,9 @@ if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
     echo "images built offline by integration/podman/setup; \`RUNTIME run\` uses a bundle of the same busybox-static"
     echo "rootfs with \`runc spec\`'s config.json. Goal (issue 5, on a host with hardware KVM): husk / crun <= 1.6 for"
     echo "podman run, <= 1.5 for podman exec; what podman adds on top of husk no more than on top of crun."
+    case $where in
+    *"test bed"*) echo "Before every timed run of each runtime the test host zeroes and frees 256 MiB (scrub_testbed_memory in bench/lib.sh, see the boot section)." ;;
+    esac
     echo
     echo "| wall ms (median of successful runs) | husk | crun | runc | husk / crun | husk / runc | runc / crun |"
     echo "|---|---|---|---|---|---|---|"
@@ -86,10 +89,12 @@ for rt in "${runtimes[@]}"; do
 done
 for i in $(seq "$runs"); do
   for rt in "${runtimes[@]}"; do
+    scrub_testbed_memory
     time_into "podman-run-$rt" podman --runtime "$rt" run --rm --network none localhost/busybox true
     time_into "podman-exec-$rt" podman exec "bench-exec-$rt-$$" true
     rt_bin=$(command -v "$rt" || true)
     [ "$rt" != husk ] || rt_bin=$out/husk
+    scrub_testbed_memory
     time_into "oci-run-$rt" "$rt_bin" run --bundle "$bundle" "bench-podman-$$-$i-$rt"
   done
   line="run $i (ms status):"
