@@ -9,9 +9,7 @@ cd "$(dirname "$0")/.."
 
 runs=${1:-10}
 out=target/release
-for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio"; do
-  [ -e "$f" ] || { echo "bench/boot.sh: $f is missing: run make first" >&2; exit 1; }
-done
+require_build bench/boot.sh "$out"
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.

@@ -12,9 +12,7 @@ cd "$(dirname "$0")/.."
 mib=${1:-1024}
 stdout_mib=${2:-256}
 out=target/release
-for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio" /bin/busybox; do
-  [ -e "$f" ] || { echo "bench/data.sh: $f is missing: run make first" >&2; exit 1; }
-done
+require_build bench/data.sh "$out" /bin/busybox
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   load=$(cut -d' ' -f1-3 /proc/loadavg)

@@ -64,6 +64,21 @@ publish_table() {
   rm -f "$2"
 }
 
+# require_build SCRIPT OUT [FILE...]: exits with a message naming SCRIPT unless `make`'s
+# output (OUT/husk, OUT/vmlinux, OUT/initramfs.cpio) and each FILE exist.
+require_build() {
+  local script=$1 out=$2 f
+  shift 2
+  for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio" "$@"; do
+    [ -e "$f" ] && continue
+    case $f in
+    /bin/busybox) echo "$script: $f is missing: apt-get install busybox-static" >&2 ;;
+    *) echo "$script: $f is missing: run make first" >&2 ;;
+    esac
+    exit 1
+  done
+}
+
 # measure_where SCRIPT RESULTS [ARGS...]: runs SCRIPT ARGS's measurements (with
 # HUSK_BENCH_INNER=1 and RESULTS set) natively where this host's KVM boots a stock guest,
 # inside the test bed otherwise; sets $where to a phrase saying which, for the report.

@@ -21,9 +21,7 @@ names=()
 for rt in "${runtimes[@]}"; do names+=("podman-run-$rt" "podman-exec-$rt" "oci-run-$rt"); done
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
-  for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio"; do
-    [ -e "$f" ] || { echo "bench/podman.sh: $f is missing: run make first" >&2; exit 1; }
-  done
+  require_build bench/podman.sh "$out"
   integration/podman/setup
   load=$(cut -d' ' -f1-3 /proc/loadavg)
   results=$(mktemp -d /tmp/husk-bench-podman.XXXXXX)

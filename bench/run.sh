@@ -11,9 +11,7 @@ cd "$(dirname "$0")/.."
 
 runs=${1:-10}
 out=target/release
-for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio" /bin/busybox; do
-  [ -e "$f" ] || { echo "bench/run.sh: $f is missing: run make first (busybox: apt-get install busybox-static)" >&2; exit 1; }
-done
+require_build bench/run.sh "$out" /bin/busybox
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   # Host side: pick where to run, then write the report from the raw results.

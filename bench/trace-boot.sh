@@ -17,9 +17,7 @@ cd "$(dirname "$0")/.."
 
 pairs=${1:-4}
 out=target/release
-for f in "$out/husk" "$out/vmlinux" "$out/initramfs.cpio"; do
-  [ -e "$f" ] || { echo "bench/trace-boot.sh: $f is missing: run make first" >&2; exit 1; }
-done
+require_build bench/trace-boot.sh "$out"
 
 if [ "${HUSK_BENCH_INNER:-}" != 1 ]; then
   results=$(mktemp -d /tmp/husk-trace.XXXXXX)
