@@ -21,14 +21,12 @@ use crate::sandbox::relay::{RelayError, FORWARDED_SIGNALS};
 use crate::sandbox::terminal::window_size;
 use crate::sandbox::{
     check_dir, command_spec, unique_id, Command, Relay, Sandbox, SandboxConfig, SandboxError,
-    SignalForwarder, StdioMode, Volume,
+    SignalForwarder, StdioMode, Volume, VM_END_GRACE,
 };
 use crate::vmm::config::check_args;
 
 /// The container's id inside the sandbox (one container per `vm run`).
 const CONTAINER_ID: &str = "run";
-/// How long a lost agent connection waits for the VM to end, to name why it was lost.
-const VM_END_GRACE: Duration = Duration::from_secs(2);
 /// The tty size (rows, cols) when the caller has no terminal to copy it from.
 const DEFAULT_TTY_SIZE: (u16, u16) = (24, 80);
 

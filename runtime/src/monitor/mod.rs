@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::sandbox::relay::FORWARDED_SIGNALS;
 use crate::sandbox::{
-    Relay, Sandbox, SandboxConfig, SandboxError, Share, SignalForwarder, StdioMode,
+    Relay, Sandbox, SandboxConfig, SandboxError, Share, SignalForwarder, StdioMode, VM_END_GRACE,
 };
 use binds::BindSource;
 use control::{MonitorRequest, MonitorResponse, ProcessEntry};
@@ -60,8 +60,6 @@ pub const AGENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(180);
 const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the monitor checks that its VM still runs.
 const VM_CHECK: Duration = Duration::from_millis(500);
-/// How long a lost agent connection waits for the VM to end, to name why it was lost.
-const VM_END_GRACE: Duration = Duration::from_secs(2);
 /// How long the init's relay gets to end once the VM is gone, when the monitor ends
 /// for another reason than the init's exit.
 const RELAY_END: Duration = Duration::from_secs(2);

@@ -63,6 +63,9 @@ pub const VSOCK_SOCKET: &str = "vsock.sock";
 /// How long a VM whose agent closed the connection instead of acknowledging `Shutdown`
 /// gets to end by itself.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a caller that lost the agent connection waits for the VM to end, to name
+/// why it was lost ([`Sandbox::ended_by_itself`]).
+pub const VM_END_GRACE: Duration = Duration::from_secs(2);
 
 /// Everything that can go wrong with a sandbox; each message is one sentence.
 #[derive(Debug, thiserror::Error)]
