@@ -120,6 +120,8 @@ struct Harness {
     tx: Ring,
     tx_free: Vec<u16>,
     uds: PathBuf,
+    /// Host listeners' paths (`<uds>_<port>`) the test bound; removed on drop.
+    listeners: Vec<PathBuf>,
 }
 
 fn tmp_path(name: &str) -> PathBuf {
@@ -189,6 +191,7 @@ impl Harness {
             tx,
             tx_free: (0..TX_SLOTS).collect(),
             uds,
+            listeners: Vec::new(),
         }
     }
 
@@ -287,6 +290,14 @@ impl Harness {
     }
 
     /// Asserts no packet comes within `for_`.
+    /// A host listener at `<uds>_<port>`, where the device connects guest requests to.
+    fn listen(&mut self, port: u32) -> UnixListener {
+        let path = port_path(&self.uds, port);
+        let listener = UnixListener::bind(&path).unwrap();
+        self.listeners.push(path);
+        listener
+    }
+
     fn expect_silence(&mut self, for_: Duration) {
         std::thread::sleep(for_);
         if let Some((hdr, _)) = self.try_recv() {
@@ -297,6 +308,9 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
+        for path in &self.listeners {
+            let _ = std::fs::remove_file(path);
+        }
         // A test that took the device out owns its socket path too.
         if let Some(device) = self.device.take() {
             drop(device);
@@ -360,7 +374,7 @@ fn read_exactly(s: &mut UnixStream, n: usize) -> Vec<u8> {
 
 /// A guest-initiated connection to a host listener at `<uds>_<port>`, established.
 fn guest_connect(h: &mut Harness, guest_port: u32, host_port: u32) -> (UnixListener, UnixStream) {
-    let listener = UnixListener::bind(port_path(&h.uds, host_port)).unwrap();
+    let listener = h.listen(host_port);
     h.send(
         guest_hdr(VIRTIO_VSOCK_OP_REQUEST, guest_port, host_port),
         &[],
@@ -707,7 +721,7 @@ fn a_guest_ignoring_its_credit_is_reset_not_buffered_without_bound() {
 #[test]
 fn host_to_guest_respects_the_guest_credit() {
     let mut h = Harness::new("credit");
-    let listener = UnixListener::bind(port_path(&h.uds, 5002)).unwrap();
+    let listener = h.listen(5002);
     let mut req = guest_hdr(VIRTIO_VSOCK_OP_REQUEST, 50, 5002);
     req.buf_alloc = 10_000;
     h.send(req, &[]);
