@@ -53,6 +53,15 @@ remove_suite_containers() {
   [ -z "$ids" ] || timeout -k 10 "$TIMEOUT" podman rm -f -t 0 $ids >/dev/null 2>&1 || true
 }
 
+# After each test: a podman call costs seconds under emulation, so skip the sweep when the
+# test passed and the runtime holds no container any more (its state directory is empty).
+# A passed test may leave stopped containers, which hold nothing; teardown_file sweeps them.
+after_test() {
+  if [ -z "${BATS_TEST_COMPLETED:-}" ] || [ -n "$(ls -A "$(runtime_root)" 2>/dev/null)" ]; then
+    remove_suite_containers
+  fi
+}
+
 # fail MESSAGE: fails the test with MESSAGE (and $output, when set, for context).
 fail() {
   echo "FAIL: $*" >&2

@@ -4,7 +4,8 @@
 
 load helpers
 
-teardown() { remove_suite_containers; }
+teardown() { after_test; }
+teardown_file() { remove_suite_containers; }
 
 # A container that logs "ready" and idles; the shell waits on a child, so a trapped signal
 # runs its handler at once. Its default trap ends it on SIGTERM (a shell as PID 1 ignores

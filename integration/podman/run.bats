@@ -3,7 +3,8 @@
 
 load helpers
 
-teardown() { remove_suite_containers; }
+teardown() { after_test; }
+teardown_file() { remove_suite_containers; }
 
 @test "run --rm: output reaches the user" {
   run pm_run --rm "$IMAGE" echo hello from a container

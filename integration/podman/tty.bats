@@ -5,8 +5,9 @@ load helpers
 
 teardown() {
   tmux_stop
-  remove_suite_containers
+  after_test
 }
+teardown_file() { remove_suite_containers; }
 
 @test "run -it: an interactive shell through a pty" {
   tmux_start "podman --runtime $RUNTIME run -it --rm --network none --label $LABEL $IMAGE sh"

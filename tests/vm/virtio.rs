@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use husk_tests::{boot_probe, breakdown, husk};
 
-/// Generous: inside the emulated test bed a boot takes seconds, and 1 MiB through
-/// /dev/hwrng (64-byte requests, one interrupt each) tens of seconds.
+/// Generous: inside the emulated test bed a boot takes seconds, and 64 KiB through
+/// /dev/hwrng (64-byte requests, one interrupt each) a few more.
 const BOOT_DEADLINE: Duration = Duration::from_secs(120);
 const RNG_DEADLINE: Duration = Duration::from_secs(300);
-const RNG_PROBE_BYTES: f64 = (1 << 20) as f64;
+/// What the probe reads: 1024 requests, the 64-entry queue wrapped 16 times. (1 MiB took
+/// 22 s of CI's time in the test bed and showed nothing more.)
+const RNG_PROBE_BYTES: f64 = (1 << 16) as f64;
 
 fn breakdown_of(stdout: &str) -> std::collections::BTreeMap<String, f64> {
     let lines: Vec<&str> = stdout.lines().collect();
@@ -47,7 +49,7 @@ fn every_boot_feeds_the_guest_entropy() {
 }
 
 #[test]
-fn the_guest_reads_1_mib_from_virtio_rng() {
+fn the_guest_reads_64_kib_from_virtio_rng() {
     let (run, log) = boot_probe("probe-rng", &["--timeout", "280"], RNG_DEADLINE);
     run.assert_success();
     let report = log
@@ -60,7 +62,7 @@ fn the_guest_reads_1_mib_from_virtio_rng() {
         "hwrng core picked {report:?}, not virtio_rng"
     );
     assert_eq!(fields.get("bytes"), Some(&RNG_PROBE_BYTES), "{report}");
-    // 1 MiB of random bytes has every byte value.
+    // 64 KiB of random bytes has every byte value (one is missing with odds ~e^-250).
     assert_eq!(fields.get("distinct"), Some(&256.0), "{report}");
     // The device's interrupt is an edge-triggered IOAPIC pin (5 is the first device IRQ).
     assert!(

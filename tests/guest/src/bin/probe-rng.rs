@@ -1,6 +1,6 @@
 //! virtio-rng from inside the guest: the hwrng core must have picked virtio_rng, and
 //! /dev/hwrng must deliver bytes that look random. Reports
-//! `rng current=<name> bytes=<n> distinct=<byte values seen> ms=<read time>` for 1 MiB
+//! `rng current=<name> bytes=<n> distinct=<byte values seen> ms=<read time>` for 64 KiB
 //! from the current rng; with `rng_each=<bytes>` on the command line, instead one
 //! `rng dev=<name> ...` line per virtio_rng device (switching rng_current to each). Then
 //! one `rng irq ...` line per virtio device from /proc/interrupts (its IOAPIC pin and
@@ -99,7 +99,7 @@ fn main() {
         }
         None => {
             let current = read_sys("rng_current");
-            report(&format!("rng current={current} {}", read_hwrng(1 << 20)));
+            report(&format!("rng current={current} {}", read_hwrng(1 << 16)));
         }
     }
     let interrupts = std::fs::read_to_string("/proc/interrupts").unwrap_or_default();
