@@ -9,7 +9,7 @@ OUT      := target/release
 AGENT_TARGET := x86_64-unknown-linux-gnu
 AGENT    := target/$(AGENT_TARGET)/agent/husk-agent
 
-.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test cli-test kernel-check vm-test podman-test install clean
+.PHONY: all deps husk agent guest-tests kernel initramfs test lint unit-test cli-test kernel-check vm-test podman-test vm-and-podman-test install clean
 
 all: husk kernel initramfs
 
@@ -36,7 +36,22 @@ kernel: deps
 initramfs: husk agent
 	$(OUT)/husk-mkinitramfs $(AGENT) $(OUT)/initramfs.cpio
 
-test: all lint unit-test cli-test kernel-check vm-test podman-test
+test: all lint unit-test cli-test kernel-check
+	@$(MAKE) --no-print-directory vm-and-podman-test
+
+# The VM suites and the podman suite. In the test bed each one has a test host of its own
+# and the two run side by side: a test host keeps about one of the two cores busy, so
+# together they take little more than the longer one alone. Each one's output follows when
+# it ends. Natively they run one after the other: the leftover checks of each look at
+# every process on the host.
+vm-and-podman-test: all guest-tests
+	@if tests/testbed/native-kvm >/dev/null; then \
+	  $(MAKE) --no-print-directory vm-test podman-test; \
+	else \
+	  echo "husk: the VM suites and the podman suite run side by side, a test host each;" \
+	    "each one's output follows when it ends (10-20 min, by load)" >&2; \
+	  $(MAKE) --no-print-directory -j2 --output-sync=target vm-test podman-test; \
+	fi
 
 lint:
 	$(CARGO) fmt --all --check
@@ -44,15 +59,14 @@ lint:
 
 # Library and binary unit tests, plus the agent's and the protocol's own test targets
 # (real processes, chroots into a busybox rootfs: they need root), and the check that
-# man/ matches the CLI.
+# man/ matches the CLI (runtime/tests/man.rs). One cargo call: one dependency build.
+# husk-tests runs the built binaries (cli-test, vm-test).
 unit-test:
-	$(CARGO) test --workspace --lib --bins
-	$(CARGO) test -p husk-agent -p husk-protocol --tests
-	$(CARGO) test -p husk --test man
+	$(CARGO) test --workspace --exclude husk-tests --lib --bins --tests
 
 # The runc-compatible CLI through the release binary, natively (no VM).
 cli-test: husk
-	$(CARGO) test --release -p husk-tests --test cli_oci
+	$(CARGO) test --release -p husk-tests --test suites -- cli_oci::
 
 kernel-check: kernel
 	kernel-config/check-config.sh kernel-config/husk.config $(OUT)/vmlinux.config
