@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use oci_spec::runtime::{Capability, Process, Spec};
 
@@ -268,6 +268,7 @@ impl<'a> Runtime<'a> {
         opts: &CreateOptions,
     ) -> Result<HostProcess> {
         let id = opts.id.as_str();
+        let started = Instant::now();
         let saved = container.dir.join(SAVED_SPEC);
         let spec_bytes = serde_json::to_vec(&bundle.spec).unwrap_or_default();
         write_atomic(&saved, &spec_bytes).map_err(|source| RuntimeError::Io {
@@ -284,6 +285,12 @@ impl<'a> Runtime<'a> {
             vm: bundle.vm,
         };
         let host = self.backend.boot(&request).map_err(Self::backend_err(id))?;
+        // With --debug, where create's time goes (its callers' budgets are tight).
+        self.log.debug(&format!(
+            "create {id}: sandbox up (pid {}) after {} ms",
+            host.pid,
+            started.elapsed().as_millis()
+        ));
         container.record_mut().process = Some(host);
         container.save()?;
         let hooks = bundle.spec.hooks().as_ref();
@@ -293,6 +300,10 @@ impl<'a> Runtime<'a> {
         self.backend
             .build(container, &request)
             .map_err(Self::backend_err(id))?;
+        self.log.debug(&format!(
+            "create {id}: container built after {} ms",
+            started.elapsed().as_millis()
+        ));
         hooks::run(HookKind::CreateContainer, hooks, &state)?;
         if let Some(path) = &opts.pid_file {
             pidfile::write(path, host.pid)?;
