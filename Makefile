@@ -75,8 +75,8 @@ vm-test: all guest-tests
 	tests/run-vm-tests.sh
 
 # podman driving husk (integration/podman/: setup, which installs podman & co. by apt, +
-# the bats suite), natively or in one test-host boot as for vm-test (6-19 min in the test
-# bed on 2 cores, by load). PODMAN_RUNTIME=crun (or runc) runs the same suite with podman's
+# the bats suite), natively or in one test-host boot as for vm-test (9-14 min in the test
+# bed on 2 cores: alone, and beside the VM suites). PODMAN_RUNTIME=crun (or runc) runs the same suite with podman's
 # usual runtime, to check the suite itself. The test bed is stopped after 40 minutes: a hung
 # test host fails the run instead of eating CI's time.
 PODMAN_RUNTIME ?= husk
