@@ -40,16 +40,16 @@ test: all lint unit-test cli-test kernel-check
 	@$(MAKE) --no-print-directory vm-and-podman-test
 
 # The VM suites and the podman suite. In the test bed each one has a test host of its own
-# and the two run side by side: a test host keeps about one of the two cores busy, so
-# together they take little more than the longer one alone. Each one's output follows when
-# it ends. Natively they run one after the other: the leftover checks of each look at
-# every process on the host.
+# and the two run side by side: neither keeps both cores busy, so side by side each takes
+# ~1.5x its time alone, ~1.5 min less than one after the other. Each one's output follows
+# when it ends. Natively they run one after the other: the leftover checks of each look
+# at every process on the host.
 vm-and-podman-test: all guest-tests
 	@if tests/testbed/native-kvm >/dev/null; then \
 	  $(MAKE) --no-print-directory vm-test podman-test; \
 	else \
 	  echo "husk: the VM suites and the podman suite run side by side, a test host each;" \
-	    "each one's output follows when it ends (10-20 min, by load)" >&2; \
+	    "each one's output follows when it ends (~14 min on 2 cores)" >&2; \
 	  $(MAKE) --no-print-directory -j2 --output-sync=target vm-test podman-test; \
 	fi
 
@@ -76,8 +76,8 @@ vm-test: all guest-tests
 
 # podman driving husk (integration/podman/: setup, which installs podman & co. by apt, +
 # the bats suite), natively or in one test-host boot as for vm-test (9-14 min in the test
-# bed on 2 cores: alone, and beside the VM suites). PODMAN_RUNTIME=crun (or runc) runs the same suite with podman's
-# usual runtime, to check the suite itself. The test bed is stopped after 40 minutes: a hung
+# bed on 2 cores: alone, and beside the VM suites). PODMAN_RUNTIME=crun (or runc) runs
+# the same suite with podman's usual runtime, to check the suite itself. The test bed is stopped after 40 minutes: a hung
 # test host fails the run instead of eating CI's time.
 PODMAN_RUNTIME ?= husk
 podman-test: all
