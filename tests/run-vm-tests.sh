@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # Build the test binary on this machine (the test host only runs it): tests/suites.rs, a
 # module per suite. Every module named `vm_*` boots VMs; `host_kvm` checks this host itself.
-suites=$(cargo test --release -p husk-tests --test suites --no-run --message-format=json 2>/dev/null |
+suites=$(cargo test --release -p husk-tests --test suites --no-run --message-format=json |
   grep -o '"executable":"[^"]*"' | sed 's/"executable":"\(.*\)"/\1/')
 [ -x "$suites" ] || { echo "run-vm-tests: the test binary was not built" >&2; exit 1; }
 # One filter per VM suite, `vm_NAME::` (a test's name starts with its module's).
