@@ -35,10 +35,13 @@ echo 0 >"$t/tracing_on"
 : >"$t/trace"
 echo mono >"$t/trace_clock"
 echo 65536 >"$t/buffer_size_kb"
-for e in kvm/kvm_entry kvm/kvm_exit sched/sched_process_exec; do echo 1 >"$t/events/$e/enable"; done
+trace_events() { # 1 or 0
+  for e in kvm/kvm_entry kvm/kvm_exit sched/sched_process_exec; do echo "$1" >"$t/events/$e/enable"; done
+}
+trace_events 1
 stop_tracing() {
   echo 0 >"$t/tracing_on"
-  for e in kvm/kvm_entry kvm/kvm_exit sched/sched_process_exec; do echo 0 >"$t/events/$e/enable"; done
+  trace_events 0
 }
 trap stop_tracing EXIT
 echo 1 >"$t/tracing_on"

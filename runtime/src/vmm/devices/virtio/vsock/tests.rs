@@ -289,7 +289,6 @@ impl Harness {
         }
     }
 
-    /// Asserts no packet comes within `for_`.
     /// A host listener at `<uds>_<port>`, where the device connects guest requests to.
     fn listen(&mut self, port: u32) -> UnixListener {
         let path = port_path(&self.uds, port);
@@ -298,6 +297,7 @@ impl Harness {
         listener
     }
 
+    /// Asserts no packet comes within `for_`.
     fn expect_silence(&mut self, for_: Duration) {
         std::thread::sleep(for_);
         if let Some((hdr, _)) = self.try_recv() {
