@@ -10,6 +10,7 @@ setup_file() {
   wait_until "$TIMEOUT" logs_contain "$EXEC_CTR" ready
 }
 
+teardown() { show_logs_on_failure; }
 teardown_file() { remove_suite_containers; }
 
 @test "exec: output and exit status" {

@@ -57,9 +57,21 @@ remove_suite_containers() {
 # test passed and the runtime holds no container any more (its state directory is empty).
 # A passed test may leave stopped containers, which hold nothing; teardown_file sweeps them.
 after_test() {
+  show_logs_on_failure
   if [ -z "${BATS_TEST_COMPLETED:-}" ] || [ -n "$(ls -A "$(runtime_root)" 2>/dev/null)" ]; then
     remove_suite_containers
   fi
+}
+
+# After a failed test: the last lines each container of the suite logged. A VM that ended
+# early says why there (husk's monitor writes to the container's stderr).
+show_logs_on_failure() {
+  [ -z "${BATS_TEST_COMPLETED:-}" ] || return 0
+  local id
+  for id in $(podman ps -aq --filter "label=$LABEL" 2>/dev/null); do
+    echo "--- the last lines container $id logged:" >&2
+    timeout -k 10 "$TIMEOUT" podman logs --tail 10 "$id" >&2 2>&1 || true
+  done
 }
 
 # fail MESSAGE: fails the test with MESSAGE (and $output, when set, for context).

@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 
 /// The socket's name in the container's state directory.
 pub const SOCKET: &str = "monitor.sock";
+/// Why the VM ended by itself (one line), written by the monitor before it winds down: a
+/// command that finds the monitor gone or mute says the cause, not just the symptom.
+pub const VM_ENDED: &str = "vm-ended";
 /// Longest request or answer accepted (a process list fits many times over).
 const MAX_MESSAGE: u64 = 4 << 20;
 

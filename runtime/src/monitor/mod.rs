@@ -304,15 +304,13 @@ impl Monitor {
             pending: Vec::new(),
         };
         let mut init_exited = false;
+        let mut ended = None;
         let code = loop {
             let event = match events.recv_timeout(VM_CHECK) {
                 Ok(e) => e,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     if let Some(how) = self.sandbox.ended_by_itself(Duration::ZERO) {
-                        eprintln!(
-                            "husk: container {}: the VM ended unexpectedly: {how}",
-                            self.config.id
-                        );
+                        ended = Some(self.vm_ended(&how));
                         break 255;
                     }
                     continue;
@@ -357,17 +355,14 @@ impl Monitor {
                     init_exited = true;
                     // Losing the agent is the symptom; a VM that ended is the cause.
                     match self.sandbox.ended_by_itself(VM_END_GRACE) {
-                        Some(how) => eprintln!(
-                            "husk: container {}: the VM ended unexpectedly: {how} ({message})",
-                            self.config.id
-                        ),
+                        Some(how) => ended = Some(self.vm_ended(&format!("{how} ({message})"))),
                         None => eprintln!("husk: container {}: {message}", self.config.id),
                     }
                     break 255;
                 }
             }
         };
-        let init_exits = wind_down(events);
+        let init_exits = wind_down(events, ended);
         if state.paused {
             self.sandbox.resume();
         }
@@ -381,6 +376,20 @@ impl Monitor {
         }
         let _ = std::fs::remove_file(&self.socket);
         code
+    }
+
+    /// Says why the VM ended by itself: on stderr (the container's log) and in the state
+    /// directory ([`control::VM_ENDED`]), where a command that finds this monitor gone or
+    /// mute reads it. Returns the sentence.
+    fn vm_ended(&self, how: &str) -> String {
+        let sentence = format!("the container's VM ended unexpectedly: {how}");
+        eprintln!("husk: container {}: {sentence}", self.config.id);
+        if let Some(dir) = self.socket.parent() {
+            if let Err(e) = std::fs::write(dir.join(control::VM_ENDED), &sentence) {
+                eprintln!("husk: warning: cannot record why the VM ended: {e}");
+            }
+        }
+        sentence
     }
 
     /// Answers one request; `Some(status)` when the monitor must end with it.
@@ -510,7 +519,7 @@ impl Monitor {
 /// signal has nothing left to reach, as kill(2) of an exited, unreaped process succeeds.
 /// Returns a channel that hears of the init's exit (the wait thread still reports it
 /// when the monitor ended for another reason).
-fn wind_down(events: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
+fn wind_down(events: mpsc::Receiver<Event>, vm_ended: Option<String>) -> mpsc::Receiver<()> {
     let (exits_tx, exits) = mpsc::channel();
     let spawned = std::thread::Builder::new()
         .name("husk-monitor-wind-down".into())
@@ -528,7 +537,8 @@ fn wind_down(events: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
                 let Ok(request) = control::read_message::<MonitorRequest>(&stream) else {
                     continue;
                 };
-                let _ = control::write_message(&stream, &wind_down_answer(&request));
+                let answer = wind_down_answer(&request, vm_ended.as_deref());
+                let _ = control::write_message(&stream, &answer);
             }
         });
     if let Err(e) = spawned {
@@ -537,15 +547,16 @@ fn wind_down(events: mpsc::Receiver<Event>) -> mpsc::Receiver<()> {
     exits
 }
 
-/// What a request gets once the container's init has exited.
-fn wind_down_answer(request: &MonitorRequest) -> MonitorResponse {
+/// What a request gets once the container's init has exited, or its VM ended by itself
+/// (`vm_ended`: why).
+fn wind_down_answer(request: &MonitorRequest, vm_ended: Option<&str>) -> MonitorResponse {
     match request {
         MonitorRequest::Kill { .. } => MonitorResponse::Ok,
         MonitorRequest::Processes => MonitorResponse::Processes(Vec::new()),
         MonitorRequest::Build
         | MonitorRequest::Start
         | MonitorRequest::Pause
-        | MonitorRequest::Resume => failure("the container's init has exited"),
+        | MonitorRequest::Resume => failure(vm_ended.unwrap_or("the container's init has exited")),
     }
 }
 
@@ -589,7 +600,7 @@ mod tests {
     #[test]
     fn after_the_init_exits_kill_succeeds_and_nothing_is_listed() {
         let (tx, rx) = mpsc::channel();
-        let init_exits = wind_down(rx);
+        let init_exits = wind_down(rx, None);
         // Not requests: ignored, the thread goes on.
         tx.send(Event::Signal(Signal::SIGTERM)).unwrap();
         let kill = MonitorRequest::Kill {
@@ -613,5 +624,26 @@ mod tests {
         // The init's exit, reported late, is passed on.
         tx.send(Event::InitExited(Ok(0))).unwrap();
         init_exits.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+
+    #[test]
+    fn after_the_vm_ended_by_itself_start_hears_why() {
+        let (tx, rx) = mpsc::channel();
+        let why = "the container's VM ended unexpectedly: the guest triple-faulted";
+        let _init_exits = wind_down(rx, Some(why.to_string()));
+        match ask(&tx, &MonitorRequest::Start) {
+            MonitorResponse::Error { message, .. } => assert_eq!(message, why),
+            other => panic!("unexpected answer {other:?}"),
+        }
+        assert_eq!(
+            ask(
+                &tx,
+                &MonitorRequest::Kill {
+                    signal: libc::SIGTERM,
+                    all: false
+                }
+            ),
+            MonitorResponse::Ok
+        );
     }
 }

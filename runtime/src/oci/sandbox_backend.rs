@@ -54,7 +54,11 @@ fn call(
     match control::call(&container.dir, &request, REQUEST_TIMEOUT) {
         Ok(MonitorResponse::Error { message, .. }) => Err(failed(what, message)),
         Ok(r) => Ok(r),
-        Err(e) => Err(failed(what, e.to_string())),
+        // A monitor gone or mute because its VM ended: the cause, as it recorded it.
+        Err(e) => match fs::read_to_string(container.dir.join(control::VM_ENDED)) {
+            Ok(why) => Err(failed(what, format!("{} ({e})", why.trim()))),
+            Err(_) => Err(failed(what, e.to_string())),
+        },
     }
 }
 
@@ -68,7 +72,7 @@ fn call_ok(container: &Container, what: &str, request: MonitorRequest) -> Result
 fn clean_state_dir(dir: &Path) -> Result<(), BackendError> {
     let what = "clean up after the VM monitor";
     cgroup::remove(&dir.join(cgroup::CGROUPS_FILE)).map_err(|e| failed(what, e.to_string()))?;
-    for file in [control::SOCKET, CONFIG_FILE] {
+    for file in [control::SOCKET, control::VM_ENDED, CONFIG_FILE] {
         match fs::remove_file(dir.join(file)) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
