@@ -70,7 +70,7 @@ option_report() {
 
 @test "run --rm: killed by SIGKILL exits 137" {
   name=$(ctr_name)
-  pm_run --rm --name "$name" "$IMAGE" sh -c 'echo ready; while :; do sleep 1; done' \
+  pm_run --rm --name "$name" "$IMAGE" sh -c 'echo ready; while :; do sleep 3600; done' \
     >"$BATS_TEST_TMPDIR/out" 2>&1 &
   runner=$!
   wait_until "$TIMEOUT" grep -qx ready "$BATS_TEST_TMPDIR/out"
