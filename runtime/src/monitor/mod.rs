@@ -323,7 +323,21 @@ impl Monitor {
                         Ok(r) => r,
                         Err(_) => continue,
                     };
+                    let builds_or_starts =
+                        matches!(request, MonitorRequest::Build | MonitorRequest::Start);
                     let (response, exit) = self.handle(request, &mut state, &events_tx);
+                    // Not the agent's own answer (it failed to reach the agent): if the VM
+                    // ended, that is the cause to report.
+                    if builds_or_starts
+                        && matches!(response, MonitorResponse::Error { kind: None, .. })
+                    {
+                        if let Some(how) = self.sandbox.ended_by_itself(VM_END_GRACE) {
+                            let why = self.vm_ended(&how);
+                            let _ = control::write_message(&stream, &failure(why.as_str()));
+                            ended = Some(why);
+                            break 255;
+                        }
+                    }
                     let _ = control::write_message(&stream, &response);
                     if let Some(code) = exit {
                         break code;

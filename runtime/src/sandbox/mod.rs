@@ -91,6 +91,8 @@ pub enum SandboxError {
     Thread(std::io::Error),
     #[error("the VM ended before its agent was ready: {0}")]
     EndedEarly(String),
+    #[error("the VM ended just after its agent was ready: {0}")]
+    EndedAfterReady(String),
     #[error("the guest agent was not ready after {secs} s{console}")]
     ReadyTimeout { secs: u64, console: String },
     #[error("interrupted while the VM was booting")]
@@ -318,7 +320,13 @@ impl Sandbox {
             state,
         };
         sandbox.wait_ready(&config)?;
-        sandbox.mount_shares(&config)?;
+        if let Err(e) = sandbox.mount_shares(&config) {
+            // Losing the agent is the symptom; a VM that ended is the cause.
+            return Err(match sandbox.ended_by_itself(VM_END_GRACE) {
+                Some(how) => SandboxError::EndedAfterReady(format!("{how} ({e})")),
+                None => e,
+            });
+        }
         sandbox.timings.mounted = Instant::now();
         Ok(sandbox)
     }
