@@ -6,7 +6,7 @@ load helpers
 setup_file() {
   export EXEC_CTR=hb-exec-$$
   pm_run -d --name "$EXEC_CTR" -e HUSK_TEST=from-run -w /tmp "$IMAGE" \
-    sh -c 'echo ready; while :; do sleep 3600 & wait; done' >/dev/null
+    sh -c "$IDLE" >/dev/null
   wait_until "$TIMEOUT" logs_contain "$EXEC_CTR" ready
 }
 

@@ -7,14 +7,6 @@ load helpers
 teardown() { after_test; }
 teardown_file() { remove_suite_containers; }
 
-# A container that logs "ready" and idles; the shell waits on a child, so a trapped signal
-# runs its handler at once. Its default trap ends it on SIGTERM (a shell as PID 1 ignores
-# SIGTERM without one, and each stop or rm -f would wait out podman's 10 s). The child
-# sleeps long: in the test bed, a guest that forks a `sleep 1` every second costs ~0.06 of
-# a CPU (5 such containers: 14% of the test host's 2 CPUs; with `sleep 3600`, 1%).
-IDLE='echo ready; while :; do sleep 3600 & wait; done'
-ON_TERM_EXIT='trap "exit 0" TERM;'
-
 # start_idle NAME [TRAPS] [RUN OPTIONS...]: a detached idle container, up and logging.
 start_idle() {
   local name=$1 traps=${2:-$ON_TERM_EXIT}

@@ -9,15 +9,12 @@ load helpers
 teardown() { after_test; }
 teardown_file() { remove_suite_containers; }
 
-# Idle until SIGTERM, which ends it (see lifecycle.bats).
-IDLE='trap "exit 0" TERM; echo ready; while :; do sleep 3600 & wait; done'
-
 @test "10 containers with -d at once; rm -f leaves no process, mount, socket or state" {
   names=()
   for i in $(seq 10); do names+=("$(ctr_name "many$i")"); done
   pids=()
   for n in "${names[@]}"; do
-    pm_run -d --name "$n" "$IMAGE" sh -c "$IDLE" >/dev/null &
+    pm_run -d --name "$n" "$IMAGE" sh -c "$ON_TERM_EXIT $IDLE" >/dev/null &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p" || fail "a podman run -d failed"; done

@@ -34,7 +34,7 @@ teardown_file() { remove_suite_containers; }
 
 @test "exec -it: a tty, stdin and the exit status" {
   name=$(ctr_name)
-  pm_run -d --name "$name" "$IMAGE" sh -c 'echo ready; while :; do sleep 3600 & wait; done' >/dev/null
+  pm_run -d --name "$name" "$IMAGE" sh -c "$IDLE" >/dev/null
   wait_until "$TIMEOUT" logs_contain "$name" ready
   tmux_start "podman --runtime $RUNTIME exec -it $name sh -c '[ -t 0 ] && [ -t 1 ] && echo on-a-tty; read l; echo got:\$l; exit 5'"
   tmux_wait_line "$TIMEOUT" on-a-tty
